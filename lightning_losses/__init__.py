@@ -1,0 +1,11 @@
+"""lightning_losses: the model returns its losses; Lightning takes it from there.
+
+Importing this package never imports ``wandb`` (an optional extra).
+"""
+
+from lightning_losses.module import LossDictModule
+from lightning_losses.terms import flatten, parse_output
+from lightning_losses.weighting import Weighting
+
+__all__ = ["LossDictModule", "Weighting", "flatten", "parse_output"]
+__version__ = "0.1.0"

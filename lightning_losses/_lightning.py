@@ -1,0 +1,47 @@
+"""Where the library reaches past Lightning's public API, each place with its reason.
+
+Kept in one module so that a Lightning upgrade has one file to check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+import lightning.pytorch as pl
+import torch
+
+
+def writes_step_metrics(trainer: pl.Trainer) -> bool:
+    """Whether Lightning writes step-level metrics to the loggers after the current batch.
+
+    Mirrors ``_LoggerConnector.update_train_step_metrics`` (no write while accumulating gradients,
+    else every ``log_every_n_steps`` batches that stepped, on the last batch before a stop, and
+    every batch under ``fast_dev_run``), so our windows close exactly when Lightning's do; Lightning's
+    own ``LearningRateMonitor`` asks the same private property.
+    """
+    if trainer.fit_loop._should_accumulate() and trainer.lightning_module.automatic_optimization:
+        return False
+    return bool(trainer._logger_connector.should_update_logs or trainer.fast_dev_run)
+
+
+def publish_step_metrics(
+    trainer: pl.Trainer, metrics: Mapping[str, float], progress_bar: Collection[str] = ()
+) -> None:
+    """Write already-reduced step values to every logger, to callbacks and to the progress bar.
+
+    Not ``self.log``: a value logged with ``on_step=True`` stays in Lightning's result collection
+    and is written again at every later write of the epoch, even when the key was absent since;
+    the contract forbids repeating a stale value. ``log_metrics`` is the function Lightning itself
+    uses to write step metrics (same ``step``, same ``epoch`` column).
+    """
+    if not metrics:
+        return
+    tensors = {name: torch.tensor(value) for name, value in metrics.items()}
+    connector = trainer._logger_connector
+    connector.log_metrics(tensors)
+    # callback_metrics feed ModelCheckpoint / EarlyStopping monitors; the property returns the
+    # connector's own dict, so updating it is what self.log would have done.
+    trainer.callback_metrics.update(tensors)
+    connector._progress_bar_metrics.update(
+        {name: value for name, value in metrics.items() if name in progress_bar}
+    )

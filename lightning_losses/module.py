@@ -1,0 +1,400 @@
+"""``LossDictModule``: the Lightning hooks, wired to the pure functions of the other modules.
+
+A batch's losses travel one way: ``forward`` -> :func:`~lightning_losses.terms.parse_output` ->
+weighted total -> Lightning's backward and step; beside that, the stacked values go into on-device
+accumulators (:mod:`lightning_losses.tracking`) that are reduced and written once per logging
+interval. This class decides *when* things happen; the other modules decide *what*.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, Union
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.data import extract_batch_size
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from lightning_losses import _lightning, collectives
+from lightning_losses.plan import StepPlan
+from lightning_losses.terms import (
+    TOTAL,
+    KeySelector,
+    LossKeys,
+    ParsedOutput,
+    describe,
+    no_terms_message,
+    parse_output,
+)
+from lightning_losses.tracking import KeyRegistry, MeanAccumulator, Reduced
+from lightning_losses.weights import LossWeights, WeightValue
+
+Stage = Literal["train", "val", "test"]
+NonFinite = Literal["raise", "skip", "off"]
+NONFINITE_MODES = ("raise", "skip", "off")
+OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
+SchedulerFactory = Callable[[Optimizer], Any]
+StepOutput = Union[Tensor, dict[str, Any], None]
+
+_CHECKPOINT_KEY = "lightning_losses"
+
+
+def default_optimizer(params: Iterable[Any]) -> Optimizer:
+    """Adam with lr=1e-3, the optimizer used when neither ``optimizer=`` nor
+    ``configure_optimizers`` is given."""
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+class LossDictModule(pl.LightningModule):
+    """A ``LightningModule`` whose model returns its losses.
+
+    Subclass it and write ``forward(batch)``, or wrap a model: ``LossDictModule(model)`` calls
+    ``model(batch)``. ``forward`` returns a 0-dim loss, a (nested) mapping of losses and other values,
+    or ``None`` for a batch with nothing to learn; everything else (reducing, weighting, logging
+    every term, non-finite checks) happens here.
+
+    Args:
+        model: the module to wrap; ``None`` when subclassing.
+        loss_keys: which entries are loss terms: ``None`` for every 0-dim floating tensor, names or
+            glob patterns (``"loss_*"``), or a callable ``name -> bool``.
+        loss_weights: name or glob pattern -> constant weight or schedule ``global_step -> weight``;
+            unlisted terms weigh 1.
+        weighting: an ``nn.Module`` that computes per-term weights (see
+            :class:`~lightning_losses.weighting.Weighting`); trained and checkpointed with the model.
+        optimizer: ``params -> Optimizer``, used by the default ``configure_optimizers``.
+        lr_scheduler: ``optimizer -> scheduler`` (or a Lightning scheduler dict), likewise.
+        nonfinite: ``"raise"``, ``"skip"`` or ``"off"``: what a non-finite loss term does.
+        prog_bar: names (without ``train/``) shown in the progress bar at each write.
+
+    If you override ``on_train_epoch_end``, ``on_validation_epoch_start/end``,
+    ``on_test_epoch_start/end`` or ``on_before_optimizer_step``, call ``super()`` there.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        *,
+        loss_keys: LossKeys = None,
+        loss_weights: Mapping[str, WeightValue] | None = None,
+        weighting: nn.Module | None = None,
+        optimizer: OptimizerFactory | None = None,
+        lr_scheduler: SchedulerFactory | None = None,
+        nonfinite: NonFinite = "raise",
+        prog_bar: Iterable[str] = (TOTAL,),
+    ) -> None:
+        super().__init__()
+        if model is not None and not isinstance(model, nn.Module):
+            raise TypeError(f"model is {describe(model)}; expected an nn.Module or None")
+        if weighting is not None and not isinstance(weighting, nn.Module):
+            raise TypeError(f"weighting is {describe(weighting)}; expected an nn.Module or None")
+        for name, factory in (("optimizer", optimizer), ("lr_scheduler", lr_scheduler)):
+            if factory is not None and not callable(factory):
+                raise TypeError(f"{name} is {describe(factory)}; expected a callable or None")
+        if nonfinite not in NONFINITE_MODES:
+            raise ValueError(
+                f"nonfinite={nonfinite!r}; expected one of {', '.join(map(repr, NONFINITE_MODES))}"
+            )
+        self.model = model
+        self.weighting = weighting
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.nonfinite = nonfinite
+        self.loss_keys = loss_keys
+        self._select = KeySelector(loss_keys)
+        self._weights = LossWeights(loss_weights)
+        self._prog_bar = frozenset(f"train/{name}" for name in prog_bar)
+
+        self._registry = KeyRegistry()
+        # The window closes at each step-level write; the epoch one at epoch end. Both see every
+        # step, so neither has to be derived from the other at awkward boundaries.
+        self._window = MeanAccumulator(self._registry)
+        self._epoch = MeanAccumulator(self._registry)
+        self._eval = MeanAccumulator(self._registry)
+        self._plans: dict[tuple[Any, ...], StepPlan] = {}
+        self._warned_no_grad: set[str] = set()
+        self._checked_unmatched = False
+        self._drop_gradients = False
+        #: Training steps skipped for non-finite losses (``nonfinite="skip"``), over all epochs.
+        self.skipped_steps = 0
+
+    # ------------------------------------------------------------------ forward and steps
+
+    def forward(self, batch: Any) -> Any:
+        if self.model is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} has no model: subclass LossDictModule and define "
+                "forward(batch), or wrap one with LossDictModule(model)"
+            )
+        return self.model(batch)
+
+    def training_step(self, batch: Any, batch_idx: int = 0) -> StepOutput:
+        return self.total_loss(self(batch), stage="train", batch=batch)
+
+    def validation_step(self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0) -> StepOutput:
+        return self.total_loss(self(batch), stage="val", batch=batch)
+
+    def test_step(self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0) -> StepOutput:
+        return self.total_loss(self(batch), stage="test", batch=batch)
+
+    def get_batch_size(self, batch: Any) -> int:
+        """The weight of a batch in ``val/`` and ``test/`` epoch means; override for odd batches."""
+        try:
+            return extract_batch_size(batch)
+        except Exception:  # no tensor in the batch: every batch counts once
+            return 1
+
+    def total_loss(self, output: Any, stage: Stage = "train", batch: Any = None) -> StepOutput:
+        """Reduce what ``forward`` returned to the weighted total, and record every value.
+
+        This is the whole of the provided ``*_step`` methods; call it from your own
+        ``training_step`` to keep the reduction and logging. Returns what Lightning expects from a
+        step: the total (with pass-through outputs, as a dict), or ``None`` when there is nothing
+        to learn from the batch.
+        """
+        result = self._reduce(output, stage, batch)
+        if stage == "train" and self._trainer_attached() and _lightning.writes_step_metrics(
+            self.trainer
+        ):
+            self._write_window()
+        return result
+
+    def _reduce(self, output: Any, stage: Stage, batch: Any) -> StepOutput:
+        parsed = parse_output(output, self._select)
+        training = stage == "train"
+        if parsed is None or not parsed.terms:
+            if training and parsed is not None:
+                raise ValueError(no_terms_message(parsed, self._select, repr(self.loss_keys)))
+            if parsed is not None and parsed.metrics:
+                self._record(stage, parsed, None, None, None, batch)
+            return self._nothing_to_learn() if training else _step_output(None, parsed)
+
+        plan = self._plan(stage, parsed)
+        losses = torch.stack(list(parsed.terms.values()))
+        if losses.dtype in (torch.float16, torch.bfloat16):
+            losses = losses.float()  # reduce and log in full precision
+        weights = plan.weights.vector(self._global_step(), losses.device, losses.dtype)
+        total_weights = weights
+        penalty = None
+        if self.weighting is not None:
+            total_weights = weights * self.weighting(losses, plan.terms)
+            penalty = getattr(self.weighting, "penalty", lambda *_: None)(losses, plan.terms)
+        total = (losses * total_weights).sum()
+        if penalty is not None:
+            total = total + penalty
+
+        if training:
+            self._warn_no_grad(parsed)
+            if self.nonfinite == "skip" and self._skip_nonfinite(losses):
+                return self._nothing_to_learn(skipped=True)
+        self._record(stage, parsed, plan, losses, total, batch, total_weights)
+        return _step_output(total, parsed)
+
+    # ------------------------------------------------------------------ recording
+
+    def _plan(self, stage: Stage, parsed: ParsedOutput) -> StepPlan:
+        tensor_metrics = tuple(k for k, v in parsed.metrics.items() if isinstance(v, Tensor))
+        number_metrics = tuple(k for k, v in parsed.metrics.items() if not isinstance(v, Tensor))
+        terms = tuple(parsed.terms)
+        key = (stage, terms, tensor_metrics, number_metrics)
+        plan = self._plans.get(key)
+        if plan is None:
+            weight_plan = self._weights.plan(terms)
+            if stage != "train":
+                logged: tuple[int, ...] = ()
+            elif self.weighting is not None:
+                logged = tuple(range(len(terms)))
+            else:
+                logged = weight_plan.logged
+            plan = StepPlan(stage, terms, tensor_metrics, number_metrics, weight_plan, logged)
+            self._plans[key] = plan
+        return plan
+
+    def _record(
+        self,
+        stage: Stage,
+        parsed: ParsedOutput,
+        plan: StepPlan | None,
+        losses: Tensor | None,
+        total: Tensor | None,
+        batch: Any,
+        weights: Tensor | None = None,
+    ) -> None:
+        if plan is None:
+            plan = self._plan(stage, parsed)
+        parts: list[Tensor] = []
+        device = self.device if losses is None else losses.device
+        if losses is not None and total is not None:
+            parts += [losses.detach(), total.detach().reshape(1).to(losses.dtype)]
+        if plan.tensor_metrics:
+            parts.append(
+                torch.stack([parsed.metrics[k].detach() for k in plan.tensor_metrics])  # type: ignore[union-attr]
+                .to(device=device, dtype=torch.float64, non_blocking=True)
+            )
+        if plan.number_metrics:
+            numbers = [float(parsed.metrics[k]) for k in plan.number_metrics]
+            parts.append(torch.tensor(numbers, dtype=torch.float64).to(device, non_blocking=True))
+        if plan.logged_weights and weights is not None:
+            parts.append(weights.detach()[plan.weight_index(device)])
+        values = torch.cat([p.to(torch.float64) for p in parts]) if len(parts) > 1 else parts[0]
+        slots = plan.slots(self._registry, device)
+        if stage == "train":
+            self._window.update(slots, values)
+            self._epoch.update(slots, values)
+            if self.nonfinite == "raise" and losses is not None:
+                step = self._global_step()
+                term_slots = slots[: len(plan.terms)]
+                self._window.note_nonfinite(term_slots, losses.detach(), step)
+                self._epoch.note_nonfinite(term_slots, losses.detach(), step)
+        else:
+            self._eval.update(slots, values, weight=float(self.get_batch_size(batch)))
+
+    def _warn_no_grad(self, parsed: ParsedOutput) -> None:
+        if not torch.is_grad_enabled():
+            return
+        for name, term in parsed.terms.items():
+            if not term.requires_grad and name not in self._warned_no_grad:
+                self._warned_no_grad.add(name)
+                rank_zero_warn(
+                    f"loss term {name!r} does not require grad although grad is enabled in "
+                    "training: it cannot train anything (was it computed under no_grad, or from "
+                    "detached tensors?)"
+                )
+
+    # ------------------------------------------------------------------ nothing to learn / skip
+
+    def _skip_nonfinite(self, losses: Tensor) -> bool:
+        # The one place a training step syncs with the host: deciding to skip must happen before
+        # the optimizer steps, and every rank must decide the same.
+        if not collectives.any_rank(~torch.isfinite(losses.detach()).all()):
+            return False
+        self.skipped_steps += 1
+        return True
+
+    def _nothing_to_learn(self, skipped: bool = False) -> StepOutput:
+        """What a training step returns when it has no loss (``None``) or must not update."""
+        if skipped:
+            # Cancels the whole optimizer step this batch belongs to (also with accumulation).
+            self._drop_gradients = True
+        if not (self._trainer_attached() and self.trainer.world_size > 1):
+            return None
+        # Under DDP every rank must run backward, or the ranks that did wait forever in the
+        # gradient all-reduce: a zero through every trainable parameter contributes zero gradients.
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.stack([p.sum() for p in params]).sum() * 0.0 if params else None
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        if self._drop_gradients:
+            self._drop_gradients = False
+            for param in self.parameters():
+                param.grad = None  # the optimizer skips parameters without a gradient
+
+    # ------------------------------------------------------------------ writing
+
+    def _write_window(self) -> None:
+        reduced = self._window.compute(self.device)
+        self._window.reset()
+        self._raise_if_nonfinite(reduced)
+        metrics = reduced.means
+        if self.nonfinite == "skip":
+            metrics["train/skipped_steps"] = float(self.skipped_steps)
+        _lightning.publish_step_metrics(self.trainer, metrics, self._prog_bar)
+
+    def _raise_if_nonfinite(self, reduced: Reduced) -> None:
+        if self.nonfinite != "raise" or not reduced.nonfinite:
+            return
+        step, rank = min(reduced.nonfinite.values())
+        names = [
+            name.split("/", 1)[1]
+            for name, first in reduced.nonfinite.items()
+            if first[0] == step
+        ]
+        where = f" on rank {rank}" if self._trainer_attached() and self.trainer.world_size > 1 else ""
+        raise FloatingPointError(
+            f"non-finite loss term{'s' if len(names) > 1 else ''} "
+            f"{', '.join(map(repr, names))} at step {step}{where}; expected finite losses. "
+            "Pass nonfinite='skip' to skip such steps, or nonfinite='off' to disable this check."
+        )
+
+    def _log_epoch(self, metrics: Mapping[str, float]) -> None:
+        # self.log (not a direct logger write) so that trainer.validate()/test() return these
+        # values and callbacks can monitor them; the values are already means over all ranks.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+            for name, value in metrics.items():
+                self.log(name, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=False)
+
+    def on_train_epoch_end(self) -> None:
+        reduced = self._epoch.compute(self.device)
+        self._epoch.reset()
+        self._raise_if_nonfinite(reduced)
+        self._log_epoch(
+            {f"{name}_epoch": value for name, value in reduced.means.items()
+             if name.startswith("train/")}
+        )
+        if not self._checked_unmatched:
+            self._checked_unmatched = True
+            for source, entries in (
+                ("loss_weights", self._weights.unmatched()),
+                ("loss_keys", self._select.unmatched()),
+            ):
+                for entry in entries:
+                    rank_zero_warn(
+                        f"{source} entry {entry!r} matched no loss term during the first "
+                        "training epoch; check its spelling"
+                    )
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    def _log_eval(self, stage: Stage) -> None:
+        reduced = self._eval.compute(self.device)
+        self._eval.reset()
+        self._log_epoch({k: v for k, v in reduced.means.items() if k.startswith(f"{stage}/")})
+
+    # ------------------------------------------------------------------ optimizers, checkpoints
+
+    def configure_optimizers(self) -> Any:
+        factory = self.optimizer_factory or default_optimizer
+        optimizer = factory(self.parameters())
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                f"optimizer(params) returned {describe(optimizer)}; expected a torch.optim.Optimizer"
+            )
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[_CHECKPOINT_KEY] = {"skipped_steps": self.skipped_steps}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(_CHECKPOINT_KEY, {})
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _trainer_attached(self) -> bool:
+        return self._trainer is not None
+
+    def _global_step(self) -> int:
+        return self.trainer.global_step if self._trainer_attached() else 0
+
+
+def _step_output(total: Tensor | None, parsed: ParsedOutput | None) -> StepOutput:
+    """What a ``*_step`` returns: the total, with any pass-through outputs beside it."""
+    if parsed is None or not parsed.outputs:
+        return total
+    return {TOTAL: total, **parsed.outputs} if total is not None else dict(parsed.outputs)

@@ -1,0 +1,240 @@
+"""What ``forward`` returned -> loss terms, scalar metrics and pass-through outputs.
+
+Pure functions over Python containers: no Trainer, no device work beyond reading tensor
+metadata. Every error raised here names the offending key, what was found and what was expected,
+because the user's only other clue would be a traceback deep inside Lightning.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import numbers
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from torch import Tensor
+
+#: ``loss_keys`` as users may give it: ``None`` (every 0-dim floating tensor), names or glob
+#: patterns, or a predicate on the flattened name.
+LossKeys = Union[None, str, Collection[str], Callable[[str], bool]]
+
+SEPARATOR = "/"
+#: The name a bare scalar return gets, and the name of the weighted total in the logs.
+TOTAL = "loss"
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def is_pattern(name: str) -> bool:
+    """Whether ``name`` is a glob pattern rather than a literal key."""
+    return any(char in _GLOB_CHARS for char in name)
+
+
+def describe(value: Any) -> str:
+    """A short human description of a returned value, for error messages."""
+    if isinstance(value, Tensor):
+        if value.dim() == 0:
+            return f"a 0-dim tensor of dtype {value.dtype}"
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"a value of type {type(value).__name__}"
+
+
+def is_loss_tensor(value: Any) -> bool:
+    """A loss term is a 0-dim real floating tensor; anything else cannot be summed into a loss."""
+    return isinstance(value, Tensor) and value.dim() == 0 and value.is_floating_point()
+
+
+def is_scalar(value: Any) -> bool:
+    """Scalars are loggable: 0-dim real tensors and real Python numbers."""
+    if isinstance(value, Tensor):
+        return value.dim() == 0 and not value.is_complex()
+    return isinstance(value, numbers.Real)
+
+
+class KeySelector:
+    """Decides which flattened entries are loss terms.
+
+    Keys repeat from step to step, so each name's verdict is computed once and cached; the
+    literal names and patterns that matched are remembered so that a ``loss_keys`` entry which
+    never matched anything can be reported after the first epoch.
+    """
+
+    def __init__(self, loss_keys: LossKeys = None) -> None:
+        self.explicit = loss_keys is not None
+        self._predicate: Callable[[str], bool] | None = None
+        self._names: frozenset[str] = frozenset()
+        self._patterns: tuple[str, ...] = ()
+        if loss_keys is None:
+            pass
+        elif isinstance(loss_keys, str):
+            self._split([loss_keys])
+        elif callable(loss_keys):
+            self._predicate = loss_keys
+        elif isinstance(loss_keys, Collection):
+            self._split(list(loss_keys))
+        else:
+            raise TypeError(
+                f"loss_keys is {describe(loss_keys)}; expected None, a name or glob pattern, "
+                "a collection of them, or a callable name -> bool"
+            )
+        self._verdicts: dict[str, bool] = {}
+        self._matched: set[str] = set()
+
+    def _split(self, entries: list[Any]) -> None:
+        for entry in entries:
+            if not isinstance(entry, str) or not entry:
+                raise TypeError(
+                    f"loss_keys entry {entry!r} is {describe(entry)}; expected a non-empty name "
+                    "or glob pattern"
+                )
+        self._names = frozenset(e for e in entries if not is_pattern(e))
+        self._patterns = tuple(e for e in entries if is_pattern(e))
+
+    def __call__(self, name: str) -> bool:
+        verdict = self._verdicts.get(name)
+        if verdict is None:
+            verdict = self._decide(name)
+            self._verdicts[name] = verdict
+        return verdict
+
+    def _decide(self, name: str) -> bool:
+        if self._predicate is not None:
+            verdict = self._predicate(name)
+            if not isinstance(verdict, bool):
+                raise TypeError(
+                    f"loss_keys({name!r}) returned {describe(verdict)}; expected a bool"
+                )
+            return verdict
+        if name in self._names:
+            self._matched.add(name)
+            return True
+        for pattern in self._patterns:
+            if fnmatch.fnmatchcase(name, pattern):
+                self._matched.add(pattern)
+                return True
+        return False
+
+    def unmatched(self) -> list[str]:
+        """The literal names and patterns of ``loss_keys`` that matched no returned key."""
+        return sorted((self._names | set(self._patterns)) - self._matched)
+
+
+@dataclass
+class ParsedOutput:
+    """One batch's return value, split by role. Dicts keep the order ``forward`` returned."""
+
+    terms: dict[str, Tensor] = field(default_factory=dict)
+    metrics: dict[str, Tensor | float] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+def flatten(output: Mapping[Any, Any]) -> dict[str, Any]:
+    """Flatten nested mappings, joining keys with ``/``: ``{"rpn": {"cls": a}}`` -> ``rpn/cls``."""
+    flat: dict[str, Any] = {}
+    _flatten_into(flat, "", output)
+    return flat
+
+
+def _flatten_into(flat: dict[str, Any], prefix: str, mapping: Mapping[Any, Any]) -> None:
+    where = f"under {prefix!r}" if prefix else "at the top level"
+    for key, value in mapping.items():
+        if not isinstance(key, str):
+            raise TypeError(
+                f"forward returned the key {key!r} ({describe(key)}) {where}; expected str keys"
+            )
+        # An empty path component would make two different nestings log under the same name
+        # ("a//b" vs "a/b"), and loggers drop or rename such names.
+        if not key or key.startswith(SEPARATOR) or key.endswith(SEPARATOR) or "//" in key:
+            raise ValueError(
+                f"forward returned the key {key!r} {where}; expected a non-empty name whose "
+                f"'{SEPARATOR}'-separated parts are non-empty"
+            )
+        name = f"{prefix}{SEPARATOR}{key}" if prefix else key
+        if isinstance(value, Mapping):
+            _flatten_into(flat, name, value)
+        elif name in flat:
+            raise ValueError(
+                f"forward returned two entries named {name!r} once nested keys are joined with "
+                f"'{SEPARATOR}'; expected unique names"
+            )
+        else:
+            flat[name] = value
+
+
+def parse_output(output: Any, select: KeySelector) -> ParsedOutput | None:
+    """Split a ``forward`` return value into loss terms, scalar metrics and pass-through outputs.
+
+    Returns ``None`` for "nothing to learn from this batch": ``None`` or an empty mapping.
+    """
+    if output is None:
+        return None
+    if isinstance(output, Tensor):
+        if not is_loss_tensor(output):
+            raise TypeError(
+                f"forward returned {describe(output)}; expected a 0-dim floating tensor (the "
+                "loss), a mapping of names to losses and other values, or None"
+            )
+        return ParsedOutput(terms={TOTAL: output})
+    if not isinstance(output, Mapping):
+        raise TypeError(
+            f"forward returned {describe(output)}; expected a 0-dim floating tensor (the loss), "
+            "a mapping of names to losses and other values, or None"
+        )
+    flat = flatten(output)
+    if not flat:
+        return None
+    parsed = ParsedOutput()
+    for name, value in flat.items():
+        if select.explicit:
+            if select(name):
+                if not is_loss_tensor(value):
+                    raise TypeError(
+                        f"loss term {name!r} (selected by loss_keys) is {describe(value)}; "
+                        "expected a 0-dim floating tensor"
+                    )
+                parsed.terms[name] = value
+                continue
+        elif is_loss_tensor(value):
+            parsed.terms[name] = value
+            continue
+        if is_scalar(value):
+            parsed.metrics[name] = value
+        else:
+            parsed.outputs[name] = value
+    _check_reserved(parsed)
+    return parsed
+
+
+def _check_reserved(parsed: ParsedOutput) -> None:
+    # "loss" is where the weighted total is logged; a term of that name is only unambiguous when it
+    # is the sole term (then it *is* the total, as for a bare scalar return).
+    if TOTAL in parsed.terms and len(parsed.terms) > 1:
+        others = ", ".join(repr(k) for k in parsed.terms if k != TOTAL)
+        raise ValueError(
+            f"forward returned a loss term named {TOTAL!r} next to other loss terms ({others}); "
+            f"{TOTAL!r} is the name of their weighted total, so expected another name for it"
+        )
+    if TOTAL in parsed.metrics and parsed.terms:
+        raise ValueError(
+            f"forward returned a metric named {TOTAL!r} ({describe(parsed.metrics[TOTAL])}) next "
+            f"to loss terms; {TOTAL!r} is the name of their weighted total, so expected another "
+            "name for it"
+        )
+
+
+def no_terms_message(parsed: ParsedOutput, select: KeySelector, selection: str) -> str:
+    """Why a training batch that returned entries has nothing to backpropagate."""
+    found = ", ".join(
+        f"{name!r}: {describe(value)}"
+        for name, value in {**parsed.metrics, **parsed.outputs}.items()
+    )
+    wanted = (
+        f"an entry selected by loss_keys={selection}"
+        if select.explicit
+        else "a 0-dim floating tensor"
+    )
+    return (
+        f"forward returned no loss term in training (found {found}); expected at least one "
+        f"loss term ({wanted}), or None for a batch with nothing to learn"
+    )

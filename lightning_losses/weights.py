@@ -1,0 +1,131 @@
+"""``loss_weights`` (floats, glob patterns, schedules) -> one weight vector per key set.
+
+The key set of a model's losses rarely changes, so everything that depends only on it (which
+entry weighs each term, the constant part of the vector on the device) is computed once per key
+set and cached in a :class:`WeightPlan`; a step with constant weights reuses one device tensor.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Union
+
+import torch
+from torch import Tensor
+
+from lightning_losses.terms import describe, is_pattern
+
+#: A term's weight: a constant, or a schedule ``global_step -> weight``.
+WeightValue = Union[float, Callable[[int], float]]
+
+
+class WeightPlan:
+    """The weights of one ordered key set: constants cached on the device, schedules per step."""
+
+    def __init__(self, names: tuple[str, ...], values: list[WeightValue]) -> None:
+        self.names = names
+        self._values = values
+        self._schedules = [(i, v) for i, v in enumerate(values) if callable(v)]
+        self._constants = [0.0 if callable(v) else float(v) for v in values]
+        #: Positions whose weight is not the constant 1: these are logged as ``weight/<term>``.
+        self.logged = tuple(
+            i for i, v in enumerate(values) if callable(v) or float(v) != 1.0
+        )
+        self.all_ones = not self.logged
+        self._device_constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def vector(self, step: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The weight of each term at ``step``, as a 1-D tensor on ``device``."""
+        if not self._schedules:
+            key = (device, dtype)
+            cached = self._device_constants.get(key)
+            if cached is None:
+                cached = torch.tensor(self._constants, dtype=dtype, device=device)
+                self._device_constants[key] = cached
+            return cached
+        values = list(self._constants)
+        for i, schedule in self._schedules:
+            values[i] = _check_weight(self.names[i], schedule(step), f"loss_weights[...]({step})")
+        host = torch.tensor(values, dtype=dtype)
+        if device.type == "cuda":
+            # Pinned memory lets the copy run asynchronously: a pageable copy would make the
+            # host wait for the device on every step.
+            host = host.pin_memory()
+        return host.to(device, non_blocking=True)
+
+
+class LossWeights:
+    """Resolves each term's weight: an exact name wins, then the first matching glob pattern in
+    the order given, then 1."""
+
+    def __init__(self, loss_weights: Mapping[str, WeightValue] | None = None) -> None:
+        if loss_weights is None:
+            loss_weights = {}
+        if not isinstance(loss_weights, Mapping):
+            raise TypeError(
+                f"loss_weights is {describe(loss_weights)}; expected a mapping from names or "
+                "glob patterns to floats or callables step -> float"
+            )
+        self._exact: dict[str, WeightValue] = {}
+        self._patterns: list[tuple[str, WeightValue]] = []
+        for name, value in loss_weights.items():
+            if not isinstance(name, str) or not name:
+                raise TypeError(
+                    f"loss_weights key {name!r} is {describe(name)}; expected a non-empty name "
+                    "or glob pattern"
+                )
+            if not callable(value):
+                value = _check_weight(name, value, "loss_weights")
+            if is_pattern(name):
+                self._patterns.append((name, value))
+            else:
+                self._exact[name] = value
+        self._resolved: dict[str, WeightValue] = {}
+        self._matched: set[str] = set()
+        self._plans: dict[tuple[str, ...], WeightPlan] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._exact or self._patterns)
+
+    def resolve(self, name: str) -> WeightValue:
+        value = self._resolved.get(name)
+        if value is None:
+            value = self._lookup(name)
+            self._resolved[name] = value
+        return value
+
+    def _lookup(self, name: str) -> WeightValue:
+        if name in self._exact:
+            self._matched.add(name)
+            return self._exact[name]
+        for pattern, value in self._patterns:
+            if fnmatch.fnmatchcase(name, pattern):
+                self._matched.add(pattern)
+                return value
+        return 1.0
+
+    def plan(self, names: tuple[str, ...]) -> WeightPlan:
+        plan = self._plans.get(names)
+        if plan is None:
+            plan = WeightPlan(names, [self.resolve(n) for n in names])
+            self._plans[names] = plan
+        return plan
+
+    def unmatched(self) -> list[str]:
+        """The names and patterns of ``loss_weights`` that matched no loss term."""
+        return sorted((set(self._exact) | {p for p, _ in self._patterns}) - self._matched)
+
+
+def _check_weight(name: str, value: object, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{source} for {name!r} is {describe(value)}; expected a finite float (or, in "
+            "loss_weights, a callable step -> float)"
+        )
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{source} for {name!r} is {value}; expected a finite float")
+    return value
