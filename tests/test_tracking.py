@@ -1,0 +1,76 @@
+"""On-device accumulators and the registry protocol that lets ranks agree on slots."""
+
+import math
+
+import pytest
+import torch
+
+from lightning_losses.tracking import KeyRegistry, MeanAccumulator
+
+CPU = torch.device("cpu")
+
+
+def add(acc, names, values, weight=1.0):
+    slots = torch.tensor(acc.registry.slots(names))
+    acc.update(slots, torch.tensor(values, dtype=torch.float32), weight)
+    return slots
+
+
+def test_means_over_steps_where_each_key_was_present():
+    acc = MeanAccumulator(KeyRegistry())
+    add(acc, ["a", "b"], [1.0, 10.0])
+    add(acc, ["a"], [3.0])
+    add(acc, ["b", "c"], [20.0, 5.0])
+    assert acc.compute(CPU, distributed=False).means == {"a": 2.0, "b": 15.0, "c": 5.0}
+
+
+def test_weighted_means_and_reset_drops_absent_keys():
+    acc = MeanAccumulator(KeyRegistry())
+    add(acc, ["v"], [1.0], weight=3.0)
+    add(acc, ["v"], [5.0], weight=1.0)
+    assert acc.compute(CPU, distributed=False).means == {"v": 2.0}
+    acc.reset()
+    add(acc, ["w"], [4.0])
+    assert acc.compute(CPU, distributed=False).means == {"w": 4.0}
+
+
+def test_first_nonfinite_step_per_key():
+    acc = MeanAccumulator(KeyRegistry())
+    for step, values in enumerate([[1.0, 1.0], [1.0, math.inf], [math.nan, math.nan]]):
+        slots = add(acc, ["a", "b"], values)
+        acc.note_nonfinite(slots, torch.tensor(values), step)
+    assert acc.compute(CPU, distributed=False).nonfinite == {"a": (2, 0), "b": (1, 0)}
+
+
+def test_capacity_grows_without_losing_values():
+    acc = MeanAccumulator(KeyRegistry())
+    names = [f"k{i}" for i in range(40)]
+    for i, name in enumerate(names):
+        add(acc, [name], [float(i)])
+    assert acc.compute(CPU, distributed=False).means == {n: float(i) for i, n in enumerate(names)}
+
+
+def test_adopt_merges_pending_names_deterministically_and_moves_values():
+    # Two "ranks" discovered keys in different orders; both adopt the same gathered lists.
+    registry_0, registry_1 = KeyRegistry(), KeyRegistry()
+    acc_0, acc_1 = MeanAccumulator(registry_0), MeanAccumulator(registry_1)
+    add(acc_0, ["x", "y"], [1.0, 2.0])
+    add(acc_1, ["z", "y"], [3.0, 4.0])
+    gathered = [registry_0.pending, registry_1.pending]
+    registry_0.adopt(gathered)
+    registry_1.adopt(gathered)
+    assert registry_0.names == registry_1.names == ["x", "y", "z"]
+    assert registry_0.agreed == 3 and registry_0.pending == []
+    assert acc_0.compute(CPU, distributed=False).means == {"x": 1.0, "y": 2.0}
+    assert acc_1.compute(CPU, distributed=False).means == {"z": 3.0, "y": 4.0}
+
+
+def test_long_accumulation_keeps_float64_precision():
+    # 10^5 steps of a float32 value that float32 running sums get visibly wrong.
+    acc = MeanAccumulator(KeyRegistry())
+    slots = torch.tensor(acc.registry.slots(["a"]))
+    value = torch.tensor([0.1], dtype=torch.float32)
+    for _ in range(100_000):
+        acc.update(slots, value)
+    reference = float(value)  # the mean of identical values is the value
+    assert acc.compute(CPU, distributed=False).means["a"] == pytest.approx(reference, rel=1e-12)
