@@ -16,8 +16,8 @@ def writes_step_metrics(trainer: pl.Trainer) -> bool:
 
     Mirrors ``_LoggerConnector.update_train_step_metrics`` (no write while accumulating gradients,
     else every ``log_every_n_steps`` batches that stepped, on the last batch before a stop, and
-    every batch under ``fast_dev_run``), so our windows close exactly when Lightning's do; Lightning's
-    own ``LearningRateMonitor`` asks the same private property.
+    every batch under ``fast_dev_run``), so our windows close exactly when Lightning's do;
+    Lightning's own ``LearningRateMonitor`` asks the same private property.
     """
     if trainer.fit_loop._should_accumulate() and trainer.lightning_module.automatic_optimization:
         return False

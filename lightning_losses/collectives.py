@@ -1,8 +1,9 @@
 """The few cross-rank operations the library issues, written against ``torch.distributed`` directly.
 
-Lightning's ``strategy.all_gather`` first gathers every tensor's shape (two collectives per call) and
-``self.log(sync_dist=True)`` all-reduces each key separately. Logging must cost one collective per
-write whatever the number of keys, so the packed payload is gathered here in exactly one call.
+Lightning's ``strategy.all_gather`` first gathers every tensor's shape (two collectives per call)
+and ``self.log(sync_dist=True)`` all-reduces each key separately. Logging must cost one
+collective per write whatever the number of keys, so the packed payload is gathered here in
+exactly one call.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -38,7 +38,7 @@ NonFinite = Literal["raise", "skip", "off"]
 NONFINITE_MODES = ("raise", "skip", "off")
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], Any]
-StepOutput = Union[Tensor, dict[str, Any], None]
+StepOutput = Tensor | dict[str, Any] | None
 
 _CHECKPOINT_KEY = "lightning_losses"
 
@@ -53,9 +53,9 @@ class LossDictModule(pl.LightningModule):
     """A ``LightningModule`` whose model returns its losses.
 
     Subclass it and write ``forward(batch)``, or wrap a model: ``LossDictModule(model)`` calls
-    ``model(batch)``. ``forward`` returns a 0-dim loss, a (nested) mapping of losses and other values,
-    or ``None`` for a batch with nothing to learn; everything else (reducing, weighting, logging
-    every term, non-finite checks) happens here.
+    ``model(batch)``. ``forward`` returns a 0-dim loss, a (nested) mapping of losses and other
+    values, or ``None`` for a batch with nothing to learn; everything else (reducing, weighting,
+    logging every term, non-finite checks) happens here.
 
     Args:
         model: the module to wrap; ``None`` when subclassing.
@@ -64,7 +64,8 @@ class LossDictModule(pl.LightningModule):
         loss_weights: name or glob pattern -> constant weight or schedule ``global_step -> weight``;
             unlisted terms weigh 1.
         weighting: an ``nn.Module`` that computes per-term weights (see
-            :class:`~lightning_losses.weighting.Weighting`); trained and checkpointed with the model.
+            :class:`~lightning_losses.weighting.Weighting`); trained and checkpointed with the
+            model.
         optimizer: ``params -> Optimizer``, used by the default ``configure_optimizers``.
         lr_scheduler: ``optimizer -> scheduler`` (or a Lightning scheduler dict), likewise.
         nonfinite: ``"raise"``, ``"skip"`` or ``"off"``: what a non-finite loss term does.
@@ -134,7 +135,9 @@ class LossDictModule(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int = 0) -> StepOutput:
         return self.total_loss(self(batch), stage="train", batch=batch)
 
-    def validation_step(self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0) -> StepOutput:
+    def validation_step(
+        self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0
+    ) -> StepOutput:
         return self.total_loss(self(batch), stage="val", batch=batch)
 
     def test_step(self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0) -> StepOutput:
@@ -156,8 +159,10 @@ class LossDictModule(pl.LightningModule):
         to learn from the batch.
         """
         result = self._reduce(output, stage, batch)
-        if stage == "train" and self._trainer_attached() and _lightning.writes_step_metrics(
-            self.trainer
+        if (
+            stage == "train"
+            and self._trainer_attached()
+            and _lightning.writes_step_metrics(self.trainer)
         ):
             self._write_window()
         return result
@@ -231,8 +236,9 @@ class LossDictModule(pl.LightningModule):
             parts += [losses.detach(), total.detach().reshape(1).to(losses.dtype)]
         if plan.tensor_metrics:
             parts.append(
-                torch.stack([parsed.metrics[k].detach() for k in plan.tensor_metrics])  # type: ignore[union-attr]
-                .to(device=device, dtype=torch.float64, non_blocking=True)
+                torch.stack([parsed.metrics[k].detach() for k in plan.tensor_metrics]).to(  # type: ignore[union-attr]
+                    device=device, dtype=torch.float64, non_blocking=True
+                )
             )
         if plan.number_metrics:
             numbers = [float(parsed.metrics[k]) for k in plan.number_metrics]
@@ -308,11 +314,11 @@ class LossDictModule(pl.LightningModule):
             return
         step, rank = min(reduced.nonfinite.values())
         names = [
-            name.split("/", 1)[1]
-            for name, first in reduced.nonfinite.items()
-            if first[0] == step
+            name.split("/", 1)[1] for name, first in reduced.nonfinite.items() if first[0] == step
         ]
-        where = f" on rank {rank}" if self._trainer_attached() and self.trainer.world_size > 1 else ""
+        where = (
+            f" on rank {rank}" if self._trainer_attached() and self.trainer.world_size > 1 else ""
+        )
         raise FloatingPointError(
             f"non-finite loss term{'s' if len(names) > 1 else ''} "
             f"{', '.join(map(repr, names))} at step {step}{where}; expected finite losses. "
@@ -332,8 +338,11 @@ class LossDictModule(pl.LightningModule):
         self._epoch.reset()
         self._raise_if_nonfinite(reduced)
         self._log_epoch(
-            {f"{name}_epoch": value for name, value in reduced.means.items()
-             if name.startswith("train/")}
+            {
+                f"{name}_epoch": value
+                for name, value in reduced.means.items()
+                if name.startswith("train/")
+            }
         )
         if not self._checked_unmatched:
             self._checked_unmatched = True
@@ -371,7 +380,8 @@ class LossDictModule(pl.LightningModule):
         optimizer = factory(self.parameters())
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
-                f"optimizer(params) returned {describe(optimizer)}; expected a torch.optim.Optimizer"
+                f"optimizer(params) returned {describe(optimizer)}; expected a "
+                "torch.optim.Optimizer"
             )
         if self.lr_scheduler_factory is None:
             return optimizer

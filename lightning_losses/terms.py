@@ -11,13 +11,13 @@ import fnmatch
 import numbers
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from torch import Tensor
 
 #: ``loss_keys`` as users may give it: ``None`` (every 0-dim floating tensor), names or glob
 #: patterns, or a predicate on the flattened name.
-LossKeys = Union[None, str, Collection[str], Callable[[str], bool]]
+LossKeys = str | Collection[str] | Callable[[str], bool] | None
 
 SEPARATOR = "/"
 #: The name a bare scalar return gets, and the name of the weighted total in the logs.

@@ -152,9 +152,9 @@ class MeanAccumulator:
         """Remember ``step`` for every slot whose value is not finite (if it is the first)."""
         self._ensure(values.device)
         assert self.first_nonfinite is not None
-        candidate = torch.where(
-            torch.isfinite(values), math.inf, float(step)
-        ).to(self.first_nonfinite.dtype)
+        candidate = torch.where(torch.isfinite(values), math.inf, float(step)).to(
+            self.first_nonfinite.dtype
+        )
         self.first_nonfinite.scatter_reduce_(0, slots, candidate, "amin")
 
     def reset(self) -> None:
@@ -206,9 +206,7 @@ class MeanAccumulator:
         header = torch.tensor(
             [float(len(registry.names) - agreed)], dtype=self.stats.dtype, device=device
         )
-        return torch.cat(
-            (header, self.stats[:agreed].flatten(), self.first_nonfinite[:agreed])
-        )
+        return torch.cat((header, self.stats[:agreed].flatten(), self.first_nonfinite[:agreed]))
 
     def _finish(self, gathered: Tensor) -> Reduced:
         """Combine every rank's payload row (on the host): sums add, first steps take the min."""

@@ -11,7 +11,6 @@ import fnmatch
 import math
 import numbers
 from collections.abc import Callable, Mapping
-from typing import Union
 
 import torch
 from torch import Tensor
@@ -19,7 +18,7 @@ from torch import Tensor
 from lightning_losses.terms import describe, is_pattern
 
 #: A term's weight: a constant, or a schedule ``global_step -> weight``.
-WeightValue = Union[float, Callable[[int], float]]
+WeightValue = float | Callable[[int], float]
 
 
 class WeightPlan:
@@ -31,9 +30,7 @@ class WeightPlan:
         self._schedules = [(i, v) for i, v in enumerate(values) if callable(v)]
         self._constants = [0.0 if callable(v) else float(v) for v in values]
         #: Positions whose weight is not the constant 1: these are logged as ``weight/<term>``.
-        self.logged = tuple(
-            i for i, v in enumerate(values) if callable(v) or float(v) != 1.0
-        )
+        self.logged = tuple(i for i, v in enumerate(values) if callable(v) or float(v) != 1.0)
         self.all_ones = not self.logged
         self._device_constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 

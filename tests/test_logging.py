@@ -6,7 +6,7 @@ import statistics
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MemoryLogger, MultiTask, make_trainer, multitask_data
+from conftest import MultiTask, make_trainer, multitask_data
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
@@ -90,7 +90,7 @@ class OptionalTasks(LossDictModule):
         self.step_index = 0
 
     def forward(self, batch):
-        (x,) = batch
+        (_x,) = batch
         i = self.step_index
         self.step_index += 1
         zero = self.w * 0  # a graph with zero gradient: values stay exactly as written
@@ -132,18 +132,27 @@ def test_val_and_test_means_are_weighted_by_batch_size(memory_logger):
     [test] = trainer.test(model, data, verbose=False)
     assert val["val/l1"] == pytest.approx(4.5) and val["val/l2"] == pytest.approx(9.0)
     assert val["val/loss"] == pytest.approx(13.5)
-    assert test == {"test/l1": pytest.approx(4.5), "test/l2": pytest.approx(9.0),
-                    "test/loss": pytest.approx(13.5)}
+    assert test == {
+        "test/l1": pytest.approx(4.5),
+        "test/l2": pytest.approx(9.0),
+        "test/loss": pytest.approx(13.5),
+    }
     assert memory_logger.series("val/l1")[0][1] == pytest.approx(4.5)
 
 
 def test_monitors_see_train_and_val_names(tmp_path):
     checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val/loss", save_top_k=1)
-    per_step = ModelCheckpoint(dirpath=tmp_path / "steps", monitor="train/loss",
-                               every_n_train_steps=4, save_top_k=1)
+    per_step = ModelCheckpoint(
+        dirpath=tmp_path / "steps", monitor="train/loss", every_n_train_steps=4, save_top_k=1
+    )
     stopping = EarlyStopping(monitor="val/seg", patience=0, mode="max", check_finite=True)
-    trainer = make_trainer(None, max_epochs=5, log_every_n_steps=2, enable_checkpointing=True,
-                           callbacks=[checkpoint, per_step, stopping])
+    trainer = make_trainer(
+        None,
+        max_epochs=5,
+        log_every_n_steps=2,
+        enable_checkpointing=True,
+        callbacks=[checkpoint, per_step, stopping],
+    )
     data = multitask_data()
     trainer.fit(MultiTask(), data, data)
     assert checkpoint.best_model_score is not None

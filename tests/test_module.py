@@ -44,15 +44,18 @@ class Regression(nn.Module):
 
 def regression_data(n=32, batch_size=8):
     g = torch.Generator().manual_seed(1)
-    return DataLoader(TensorDataset(torch.randn(n, 4, generator=g), torch.randn(n, generator=g)),
-                      batch_size=batch_size)
+    return DataLoader(
+        TensorDataset(torch.randn(n, 4, generator=g), torch.randn(n, generator=g)),
+        batch_size=batch_size,
+    )
 
 
 def test_wrap_mode_with_optimizer_factory_steps_exactly_on_the_weighted_total():
     model = Regression()
     initial = copy.deepcopy(model)
-    module = LossDictModule(model, loss_weights={"l1": 0.5},
-                            optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
+    module = LossDictModule(
+        model, loss_weights={"l1": 0.5}, optimizer=lambda p: torch.optim.SGD(p, lr=0.05)
+    )
     data = regression_data()
     make_trainer(max_steps=1).fit(module, data)
     out = initial(next(iter(data)))
@@ -68,7 +71,9 @@ def test_default_optimizer_is_adam_with_lr_1e_3():
 
 
 def test_lr_scheduler_factory_is_returned_with_the_optimizer():
-    module = LossDictModule(Regression(), lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 1))
+    module = LossDictModule(
+        Regression(), lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 1)
+    )
     config = module.configure_optimizers()
     assert config["lr_scheduler"].optimizer is config["optimizer"]
 
@@ -87,7 +92,7 @@ def test_pass_through_outputs_reach_the_step_output():
 def test_user_training_step_can_call_super_and_total_loss():
     class Custom(MultiTask):
         def training_step(self, batch, batch_idx):
-            x, y_seg, y_depth = batch
+            _x, _y_seg, _y_depth = batch
             return self.total_loss({**self.losses(batch), "scale": 2.0}, stage="train", batch=batch)
 
     logger = MemoryLogger()
@@ -173,7 +178,9 @@ def test_bad_return_inside_training_names_the_key():
         def forward(self, batch):
             return {"seg": torch.ones(3, requires_grad=True)}
 
-    with pytest.raises(ValueError, match=r"no loss term in training \(found 'seg': a tensor of shape"):
+    with pytest.raises(
+        ValueError, match=r"no loss term in training \(found 'seg': a tensor of shape"
+    ):
         make_trainer(None, max_steps=1).fit(Broken(), multitask_data())
 
 
@@ -240,7 +247,9 @@ def test_weighting_module_is_trained_logged_and_checkpointed(memory_logger, tmp_
     trainer.fit(module, multitask_data())
     logged = memory_logger.rows[0][1]
     # step 0: logits are zero, so the strategy's weights are 1 and only the static 3.0 shows
-    assert logged["weight/seg"] == pytest.approx(1.0) and logged["weight/depth"] == pytest.approx(3.0)
+    assert logged["weight/seg"] == pytest.approx(1.0) and logged["weight/depth"] == pytest.approx(
+        3.0
+    )
     assert logged["train/loss"] == pytest.approx(logged["train/seg"] + 3.0 * logged["train/depth"])
     assert not torch.equal(module.weighting.logits.detach(), torch.zeros(2))  # it trained
     trainer.save_checkpoint(tmp_path / "w.ckpt")
