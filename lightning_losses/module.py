@@ -110,12 +110,16 @@ class LossDictModule(pl.LightningModule):
         self._prog_bar = frozenset(f"train/{name}" for name in prog_bar)
 
         self._registry = KeyRegistry()
-        # The window closes at each step-level write; the epoch one at epoch end. Both see every
-        # step, so neither has to be derived from the other at awkward boundaries.
+        # Only the window is updated per step; it drains into the epoch accumulator when it is
+        # written and at epoch end, so the epoch means cost nothing on ordinary steps.
         self._window = MeanAccumulator(self._registry)
         self._epoch = MeanAccumulator(self._registry)
         self._eval = MeanAccumulator(self._registry)
         self._plans: dict[tuple[Any, ...], StepPlan] = {}
+        # With constant weights the total is derived from the terms' sums at each write (see
+        # plan.py); these are the recipes, per stage's total name.
+        self._derive_totals = weighting is None and not self._weights.has_schedules
+        self._total_recipes: dict[str, dict[str, float]] = {}
         self._warned_no_grad: set[str] = set()
         self._checked_unmatched = False
         self._drop_gradients = False
@@ -179,15 +183,20 @@ class LossDictModule(pl.LightningModule):
 
         plan = self._plan(stage, parsed)
         losses = torch.stack(list(parsed.terms.values()))
-        if losses.dtype in (torch.float16, torch.bfloat16):
-            losses = losses.float()  # reduce and log in full precision
-        weights = plan.weights.vector(self._global_step(), losses.device, losses.dtype)
-        total_weights = weights
+        if losses.dtype is not torch.float32 and losses.dtype is not torch.float64:
+            losses = losses.float()  # half-precision terms: reduce and log in full precision
+        step = self._global_step()
+        weights = None
+        if not plan.weights.all_ones:
+            weights = plan.weights.vector(step, losses.device, losses.dtype)
         penalty = None
         if self.weighting is not None:
-            total_weights = weights * self.weighting(losses, plan.terms)
-            penalty = getattr(self.weighting, "penalty", lambda *_: None)(losses, plan.terms)
-        total = (losses * total_weights).sum()
+            learned = self.weighting(losses, plan.terms).to(losses.dtype)
+            weights = learned if weights is None else weights * learned
+            penalty_of = getattr(self.weighting, "penalty", None)  # any nn.Module may weigh
+            penalty = penalty_of(losses, plan.terms) if penalty_of is not None else None
+        # One op either way: the per-step path is bound by dispatch overhead, not arithmetic.
+        total = losses.sum() if weights is None else torch.dot(losses, weights)
         if penalty is not None:
             total = total + penalty
 
@@ -195,7 +204,7 @@ class LossDictModule(pl.LightningModule):
             self._warn_no_grad(parsed)
             if self.nonfinite == "skip" and self._skip_nonfinite(losses):
                 return self._nothing_to_learn(skipped=True)
-        self._record(stage, parsed, plan, losses, total, batch, total_weights)
+        self._record(stage, parsed, plan, losses, total, batch, weights, step)
         return _step_output(total, parsed)
 
     # ------------------------------------------------------------------ recording
@@ -214,7 +223,12 @@ class LossDictModule(pl.LightningModule):
                 logged = tuple(range(len(terms)))
             else:
                 logged = weight_plan.logged
-            plan = StepPlan(stage, terms, tensor_metrics, number_metrics, weight_plan, logged)
+            derived = self._derive_totals and bool(terms)
+            plan = StepPlan(
+                stage, terms, tensor_metrics, number_metrics, weight_plan, logged, derived
+            )
+            if derived:
+                self._total_recipes.setdefault(plan.total_name, {}).update(plan.total_recipe())
             self._plans[key] = plan
         return plan
 
@@ -227,36 +241,49 @@ class LossDictModule(pl.LightningModule):
         total: Tensor | None,
         batch: Any,
         weights: Tensor | None = None,
+        step: int = 0,
     ) -> None:
+        """Add this step's values, in the plan's layout, to the stage's accumulator."""
         if plan is None:
             plan = self._plan(stage, parsed)
-        parts: list[Tensor] = []
         device = self.device if losses is None else losses.device
-        if losses is not None and total is not None:
-            parts += [losses.detach(), total.detach().reshape(1).to(losses.dtype)]
-        if plan.tensor_metrics:
-            parts.append(
-                torch.stack([parsed.metrics[k].detach() for k in plan.tensor_metrics]).to(  # type: ignore[union-attr]
-                    device=device, dtype=torch.float64, non_blocking=True
-                )
-            )
-        if plan.number_metrics:
-            numbers = [float(parsed.metrics[k]) for k in plan.number_metrics]
-            parts.append(torch.tensor(numbers, dtype=torch.float64).to(device, non_blocking=True))
-        if plan.logged_weights and weights is not None:
-            parts.append(weights.detach()[plan.weight_index(device)])
-        values = torch.cat([p.to(torch.float64) for p in parts]) if len(parts) > 1 else parts[0]
+        with torch.no_grad():
+            if plan.terms_only:
+                values = plan.buffer(device).copy_(losses)  # type: ignore[arg-type]
+            else:
+                values = self._concatenate(plan, parsed, losses, total, weights, device)
         slots = plan.slots(self._registry, device)
         if stage == "train":
-            self._window.update(slots, values)
-            self._epoch.update(slots, values)
+            self._window.update(plan.logged_names, slots, values)
             if self.nonfinite == "raise" and losses is not None:
-                step = self._global_step()
-                term_slots = slots[: len(plan.terms)]
-                self._window.note_nonfinite(term_slots, losses.detach(), step)
-                self._epoch.note_nonfinite(term_slots, losses.detach(), step)
+                term_values = values if plan.terms_only else values[: len(plan.terms)]
+                self._window.note_nonfinite(plan.term_slots, term_values, step)
         else:
-            self._eval.update(slots, values, weight=float(self.get_batch_size(batch)))
+            self._eval.update(plan.logged_names, slots, values, float(self.get_batch_size(batch)))
+
+    @staticmethod
+    def _concatenate(
+        plan: StepPlan,
+        parsed: ParsedOutput,
+        losses: Tensor | None,
+        total: Tensor | None,
+        weights: Tensor | None,
+        device: torch.device,
+    ) -> Tensor:
+        """The step's values in the plan's layout, cast into its float64 buffer in one op."""
+        parts: list[Tensor] = []
+        if losses is not None:
+            parts.append(losses)
+        if total is not None and not plan.derived_total:
+            parts.append(total.view(1))
+        if plan.tensor_metrics:
+            parts.append(torch.stack([parsed.metrics[k] for k in plan.tensor_metrics]))  # type: ignore[misc]
+        if plan.number_metrics:
+            numbers = [float(parsed.metrics[k]) for k in plan.number_metrics]
+            parts.append(torch.tensor(numbers).to(device, non_blocking=True))
+        if plan.logged_weights and weights is not None:
+            parts.append(weights if plan.logs_every_weight else weights[plan.weight_index(device)])
+        return torch.cat(parts, out=plan.buffer(device))
 
     def _warn_no_grad(self, parsed: ParsedOutput) -> None:
         if not torch.is_grad_enabled():
@@ -301,7 +328,8 @@ class LossDictModule(pl.LightningModule):
     # ------------------------------------------------------------------ writing
 
     def _write_window(self) -> None:
-        reduced = self._window.compute(self.device)
+        self._window.drain_into(self._epoch)
+        reduced = self._window.compute(self.device, derived=self._total_recipes)
         self._window.reset()
         self._raise_if_nonfinite(reduced)
         metrics = reduced.means
@@ -334,7 +362,8 @@ class LossDictModule(pl.LightningModule):
                 self.log(name, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=False)
 
     def on_train_epoch_end(self) -> None:
-        reduced = self._epoch.compute(self.device)
+        self._window.drain_into(self._epoch)
+        reduced = self._epoch.compute(self.device, derived=self._total_recipes)
         self._epoch.reset()
         self._raise_if_nonfinite(reduced)
         self._log_epoch(
@@ -369,7 +398,7 @@ class LossDictModule(pl.LightningModule):
         self._log_eval("test")
 
     def _log_eval(self, stage: Stage) -> None:
-        reduced = self._eval.compute(self.device)
+        reduced = self._eval.compute(self.device, derived=self._total_recipes)
         self._eval.reset()
         self._log_epoch({k: v for k, v in reduced.means.items() if k.startswith(f"{stage}/")})
 

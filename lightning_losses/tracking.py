@@ -26,9 +26,8 @@ pooled mean is over the (rank, step) pairs where it was present and nothing ever
 
 from __future__ import annotations
 
-import math
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -110,118 +109,186 @@ class Reduced:
     nonfinite: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-class MeanAccumulator:
-    """Running ``(sum, count)`` per registry slot, kept on the device of the values.
+_SUMS, _DRAINED, _FIRST = 0, 1, 2
+#: Encodes "first non-finite step" so that 0 means "none" and max() finds the earliest step.
+_LATEST = 2.0**52
 
-    ``track_nonfinite`` also keeps, per slot, the first step at which a non-finite value arrived,
-    so that ``nonfinite="raise"`` can name the step without a host sync on every step.
+
+class MeanAccumulator:
+    """Running weighted sums per registry slot on the device; their weights (counts) on the host.
+
+    Which keys a step had, and its weight (1 step, or a batch size), are host facts, so counts cost
+    no device work: they are kept per key set and expanded to slots only when a mean is computed.
+    The device holds one ``[3, capacity]`` tensor: weighted sums, the sums already drained into
+    another accumulator, and the first step at which a slot received a non-finite value.
     """
 
-    def __init__(self, registry: KeyRegistry, track_nonfinite: bool = False) -> None:
+    def __init__(self, registry: KeyRegistry) -> None:
         self.registry = registry
-        self.track_nonfinite = track_nonfinite
-        self.stats: Tensor | None = None  # [capacity, 2]: weighted sum, weight
-        self.first_nonfinite: Tensor | None = None  # [capacity]: step, +inf if none
+        self.data: Tensor | None = None
+        self.counts: dict[tuple[str, ...], float] = {}
+        self._drained_counts: dict[tuple[str, ...], float] = {}
         registry.attach(self)
 
-    def _ensure(self, device: torch.device) -> None:
+    def _ensure(self, device: torch.device) -> Tensor:
         needed = len(self.registry)
-        if self.stats is not None and self.stats.shape[0] >= needed:
-            return
+        if self.data is not None and self.data.shape[1] >= needed:
+            return self.data
         capacity = max(16, 2 * needed)
-        dtype = accumulator_dtype(device)
-        stats = torch.zeros(capacity, 2, dtype=dtype, device=device)
-        first = torch.full((capacity,), math.inf, dtype=dtype, device=device)
-        if self.stats is not None:
-            used = self.stats.shape[0]
-            stats[:used] = self.stats
-            first[:used] = self.first_nonfinite
-        self.stats, self.first_nonfinite = stats, first
+        data = torch.zeros(3, capacity, dtype=accumulator_dtype(device), device=device)
+        if self.data is not None:
+            data[:, : self.data.shape[1]] = self.data
+        self._set(data)
+        return data
 
-    def update(self, slots: Tensor, values: Tensor, weight: Tensor | float = 1.0) -> None:
-        """Add ``values`` (1-D, one per slot in ``slots``) with the given weight (batch size)."""
+    def _set(self, data: Tensor) -> None:
+        # Row views kept as attributes: selecting a row is itself a dispatched op per step.
+        self.data, self._sums, self._first = data, data[_SUMS], data[_FIRST]
+
+    def update(
+        self, names: tuple[str, ...], slots: Tensor, values: Tensor, weight: float = 1.0
+    ) -> None:
+        """Add ``values`` (1-D, one per name, on the device) with ``weight`` (a batch size)."""
         self._ensure(values.device)
-        assert self.stats is not None
-        values = values.to(self.stats.dtype)
-        if isinstance(weight, Tensor):
-            weight = weight.to(self.stats.dtype)
-        weights = torch.ones_like(values) * weight
-        self.stats.index_add_(0, slots, torch.stack((values * weights, weights), dim=1))
+        self._sums.index_add_(0, slots, values if weight == 1.0 else values * weight)
+        self.counts[names] = self.counts.get(names, 0.0) + weight
 
     def note_nonfinite(self, slots: Tensor, values: Tensor, step: int) -> None:
-        """Remember ``step`` for every slot whose value is not finite (if it is the first)."""
+        """Remember ``step`` for every slot whose value is not finite (if it is the first).
+
+        Steps are stored as ``_LATEST - step`` so that the earliest step is the *largest* entry
+        and "finite" can be 0: ``values * 0`` is 0 where finite and NaN where not, and one
+        ``nan_to_num_`` turns that into the entry. Two cheap elementwise ops, where
+        ``torch.isfinite`` alone dispatches four.
+        """
         self._ensure(values.device)
-        assert self.first_nonfinite is not None
-        candidate = torch.where(torch.isfinite(values), math.inf, float(step)).to(
-            self.first_nonfinite.dtype
-        )
-        self.first_nonfinite.scatter_reduce_(0, slots, candidate, "amin")
+        candidate = (values * 0).nan_to_num_(nan=_LATEST - step, posinf=0.0, neginf=0.0)
+        self._first.scatter_reduce_(0, slots, candidate, "amax")
+
+    def drain_into(self, other: MeanAccumulator) -> None:
+        """Add to ``other`` what this accumulator gained since its last drain or reset.
+
+        Lets a step-level window feed the epoch means without a second update per step, also
+        when a window spans an epoch boundary.
+        """
+        if self.data is None:
+            return
+        data, target = self.data, other._ensure(self.data.device)
+        width = data.shape[1]
+        if target.shape[1] < width:
+            target = other._grow_to(width)
+        target[_SUMS, :width] += data[_SUMS] - data[_DRAINED]
+        torch.maximum(target[_FIRST, :width], data[_FIRST], out=target[_FIRST, :width])
+        data[_DRAINED] = data[_SUMS]
+        for names, weight in self.counts.items():
+            fresh = weight - self._drained_counts.get(names, 0.0)
+            if fresh:
+                other.counts[names] = other.counts.get(names, 0.0) + fresh
+        self._drained_counts = dict(self.counts)
+
+    def _grow_to(self, width: int) -> Tensor:
+        assert self.data is not None
+        data = torch.zeros(3, width, dtype=self.data.dtype, device=self.data.device)
+        data[:, : self.data.shape[1]] = self.data
+        self._set(data)
+        return data
 
     def reset(self) -> None:
-        if self.stats is not None:
-            self.stats.zero_()
-            assert self.first_nonfinite is not None
-            self.first_nonfinite.fill_(math.inf)
+        if self.data is not None:
+            self.data.zero_()
+        self.counts.clear()
+        self._drained_counts.clear()
 
     def move_slots(self, moved: list[int], size: int) -> None:
         """Registry slots were renumbered: old slot ``i`` is now ``moved[i]``."""
-        if self.stats is None:
+        if self.data is None:
             return
-        old_stats, old_first = self.stats, self.first_nonfinite
-        assert old_first is not None
-        self.stats = None
-        self._ensure(old_stats.device)
-        assert self.stats is not None and self.first_nonfinite is not None
-        self.stats.zero_()
-        self.first_nonfinite.fill_(math.inf)
-        kept = min(len(moved), old_stats.shape[0])
-        index = torch.tensor(moved[:kept], dtype=torch.long, device=old_stats.device)
-        self.stats[index] = old_stats[:kept]
-        self.first_nonfinite[index] = old_first[:kept]
+        old = self.data
+        self.data = None
+        data = self._ensure(old.device)
+        kept = min(len(moved), old.shape[1])
+        index = torch.tensor(moved[:kept], dtype=torch.long, device=old.device)
+        data[:, index] = old[:, :kept]
 
-    def compute(self, device: torch.device, distributed: bool | None = None) -> Reduced:
+    def _count_vector(self, size: int) -> list[float]:
+        counts = [0.0] * size
+        slot_of = self.registry.slot_of
+        for names, weight in self.counts.items():
+            for name in names:
+                counts[slot_of[name]] += weight
+        return counts
+
+    def compute(
+        self,
+        device: torch.device,
+        distributed: bool | None = None,
+        derived: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> Reduced:
         """Means over everything added since the last reset, pooled over all ranks.
 
         Must be called on every rank together when ``distributed``: it is one gather in the
         steady state. ``device`` is where a rank that never added anything builds its payload.
+        ``derived`` gives names whose sums are not accumulated but are linear combinations of
+        other names' sums (``{"train/loss": {"train/seg": 1.0, "train/depth": 0.5}}``); their
+        counts are accumulated as usual.
         """
         if distributed is None:
             distributed = collectives.is_distributed()
         if not distributed:
             self.registry.agree_locally()
-            return self._finish(self._payload(device)[None].cpu())
+            return self._finish(self._payload(device)[None].cpu(), derived)
         for _ in range(2):
             gathered = collectives.gather_rows(self._payload(device)).cpu()
             if not gathered[:, 0].any():
-                return self._finish(gathered)
+                return self._finish(gathered, derived)
             self.registry.adopt(collectives.gather_objects(self.registry.pending))
         raise AssertionError("ranks did not agree on logged keys after one merge")  # unreachable
 
     def _payload(self, device: torch.device) -> Tensor:
+        """``[pending keys, agreed slots' sums, their counts, their first non-finite steps]``"""
         registry = self.registry
         agreed = registry.agreed
         # A rank that added nothing still takes part, with zeros, on the device its backend needs.
-        self._ensure(self.stats.device if self.stats is not None else device)
-        assert self.stats is not None and self.first_nonfinite is not None
-        header = torch.tensor(
-            [float(len(registry.names) - agreed)], dtype=self.stats.dtype, device=device
+        data = self._ensure(self.data.device if self.data is not None else device)
+        header_and_counts = torch.tensor(
+            [float(len(registry) - agreed), *self._count_vector(len(registry))[:agreed]],
+            dtype=data.dtype,
+        ).to(data.device, non_blocking=True)
+        return torch.cat(
+            (
+                header_and_counts[:1],
+                data[_SUMS, :agreed],
+                header_and_counts[1:],
+                data[_FIRST, :agreed],
+            )
         )
-        return torch.cat((header, self.stats[:agreed].flatten(), self.first_nonfinite[:agreed]))
 
-    def _finish(self, gathered: Tensor) -> Reduced:
+    def _finish(
+        self, gathered: Tensor, derived: Mapping[str, Mapping[str, float]] | None = None
+    ) -> Reduced:
         """Combine every rank's payload row (on the host): sums add, first steps take the min."""
+        # (the min step is the max encoded entry, see note_nonfinite)
         agreed = self.registry.agreed
-        stats = gathered[:, 1 : 1 + 2 * agreed].reshape(len(gathered), agreed, 2)
-        sums, counts = stats.sum(0).unbind(1)
-        first = gathered[:, 1 + 2 * agreed :]
-        first_step, first_rank = first.min(0)
+        sums = gathered[:, 1 : 1 + agreed].sum(0)
+        counts = gathered[:, 1 + agreed : 1 + 2 * agreed].sum(0)
+        latest, first_rank = gathered[:, 1 + 2 * agreed :].max(0)
         reduced = Reduced()
         names = self.registry.names
-        for slot, (total, count, step, rank) in enumerate(
-            zip(sums.tolist(), counts.tolist(), first_step.tolist(), first_rank.tolist())
+        sum_list = sums.tolist()
+        slot_of = self.registry.slot_of
+        for name, recipe in (derived or {}).items():
+            slot = slot_of.get(name)
+            if slot is not None and slot < agreed:
+                sum_list[slot] = sum(
+                    weight * sum_list[slot_of[term]]
+                    for term, weight in recipe.items()
+                    if slot_of.get(term, agreed) < agreed
+                )
+        for slot, (total, count, encoded, rank) in enumerate(
+            zip(sum_list, counts.tolist(), latest.tolist(), first_rank.tolist())
         ):
             if count > 0:
                 reduced.means[names[slot]] = total / count
-            if step != math.inf:
-                reduced.nonfinite[names[slot]] = (int(step), int(rank))
+            if encoded > 0:
+                reduced.nonfinite[names[slot]] = (int(_LATEST - encoded), int(rank))
         return reduced

@@ -12,7 +12,7 @@ CPU = torch.device("cpu")
 
 def add(acc, names, values, weight=1.0):
     slots = torch.tensor(acc.registry.slots(names))
-    acc.update(slots, torch.tensor(values, dtype=torch.float32), weight)
+    acc.update(tuple(names), slots, torch.tensor(values, dtype=torch.float64), weight)
     return slots
 
 
@@ -38,7 +38,7 @@ def test_first_nonfinite_step_per_key():
     acc = MeanAccumulator(KeyRegistry())
     for step, values in enumerate([[1.0, 1.0], [1.0, math.inf], [math.nan, math.nan]]):
         slots = add(acc, ["a", "b"], values)
-        acc.note_nonfinite(slots, torch.tensor(values), step)
+        acc.note_nonfinite(slots, torch.tensor(values, dtype=torch.float64), step)
     assert acc.compute(CPU, distributed=False).nonfinite == {"a": (2, 0), "b": (1, 0)}
 
 
@@ -69,8 +69,22 @@ def test_long_accumulation_keeps_float64_precision():
     # 10^5 steps of a float32 value that float32 running sums get visibly wrong.
     acc = MeanAccumulator(KeyRegistry())
     slots = torch.tensor(acc.registry.slots(["a"]))
-    value = torch.tensor([0.1], dtype=torch.float32)
+    value = torch.tensor([0.1], dtype=torch.float32).double()
     for _ in range(100_000):
-        acc.update(slots, value)
+        acc.update(("a",), slots, value)
     reference = float(value)  # the mean of identical values is the value
     assert acc.compute(CPU, distributed=False).means["a"] == pytest.approx(reference, rel=1e-12)
+
+
+def test_drain_feeds_another_accumulator_only_what_is_new():
+    registry = KeyRegistry()
+    window, epoch = MeanAccumulator(registry), MeanAccumulator(registry)
+    add(window, ["a"], [1.0])
+    add(window, ["a"], [3.0])
+    window.drain_into(epoch)  # epoch end inside a window
+    assert epoch.compute(CPU, distributed=False).means == {"a": 2.0}
+    epoch.reset()
+    add(window, ["a"], [10.0])
+    window.drain_into(epoch)  # the window's write: only the step after the epoch end is new
+    assert window.compute(CPU, distributed=False).means == {"a": 14.0 / 3}
+    assert epoch.compute(CPU, distributed=False).means == {"a": 10.0}

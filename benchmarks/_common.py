@@ -1,0 +1,75 @@
+"""Shared pieces of the benchmarks: timing a fit, and a tiny model that returns K loss terms."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+warnings.filterwarnings("ignore")
+
+
+class StepTimer(Callback):
+    """Wall time from the first timed batch to the last, excluding the warm-up batches."""
+
+    def __init__(self, warmup: int = 20) -> None:
+        self.warmup = warmup
+        self.start = self.end = 0.0
+        self.timed = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step > self.warmup:
+            self.end = time.perf_counter()
+            self.timed = trainer.global_step - self.warmup
+
+    @property
+    def per_step(self) -> float:
+        return (self.end - self.start) / self.timed
+
+
+class TermsModel(nn.Module):
+    """A tiny model whose forward returns ``terms`` scalar losses."""
+
+    def __init__(self, terms: int) -> None:
+        super().__init__()
+        self.net = nn.Linear(16, terms)
+        self.names = [f"t{i}" for i in range(terms)]
+
+    def forward(self, batch) -> dict[str, torch.Tensor]:
+        (x,) = batch
+        return dict(zip(self.names, self.net(x).pow(2).mean(0).unbind()))
+
+
+def data(steps: int, batch_size: int = 32) -> DataLoader:
+    return DataLoader(TensorDataset(torch.randn(steps * batch_size, 16)), batch_size=batch_size)
+
+
+def time_fit(module: L.LightningModule, steps: int, logger: Any, **trainer_kwargs: Any) -> float:
+    timer = StepTimer()
+    trainer = L.Trainer(
+        max_steps=steps, logger=logger, callbacks=[timer], accelerator="cpu", devices=1,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        **trainer_kwargs,
+    )
+    trainer.fit(module, data(steps))
+    return timer.per_step
+
+
+def best_of(times: list[float]) -> float:
+    """The least disturbed repeat: noise on a shared machine only ever adds time."""
+    return min(times)
+
+
+def median(times: list[float]) -> float:
+    return statistics.median(times)
