@@ -137,21 +137,12 @@ def flatten(output: Mapping[Any, Any]) -> dict[str, Any]:
 
 
 def _flatten_into(flat: dict[str, Any], prefix: str, mapping: Mapping[Any, Any]) -> None:
-    where = f"under {prefix!r}" if prefix else "at the top level"
     for key, value in mapping.items():
-        if not isinstance(key, str):
-            raise TypeError(
-                f"forward returned the key {key!r} ({describe(key)}) {where}; expected str keys"
-            )
-        # An empty path component would make two different nestings log under the same name
-        # ("a//b" vs "a/b"), and loggers drop or rename such names.
-        if not key or key.startswith(SEPARATOR) or key.endswith(SEPARATOR) or "//" in key:
-            raise ValueError(
-                f"forward returned the key {key!r} {where}; expected a non-empty name whose "
-                f"'{SEPARATOR}'-separated parts are non-empty"
-            )
+        if key not in _VALID_KEYS:
+            _check_key(key, prefix)
         name = f"{prefix}{SEPARATOR}{key}" if prefix else key
-        if isinstance(value, Mapping):
+        # Tensors first: the common leaf, and a cheaper isinstance than the Mapping ABC.
+        if not isinstance(value, Tensor) and isinstance(value, Mapping):
             _flatten_into(flat, name, value)
         elif name in flat:
             raise ValueError(
@@ -160,6 +151,29 @@ def _flatten_into(flat: dict[str, Any], prefix: str, mapping: Mapping[Any, Any])
             )
         else:
             flat[name] = value
+
+
+#: Keys already checked by :func:`_check_key` (keys repeat every step). Bounded, so that a model
+#: inventing new keys forever cannot grow it without limit.
+_VALID_KEYS: set[str] = set()
+_VALID_KEYS_LIMIT = 100_000
+
+
+def _check_key(key: Any, prefix: str) -> None:
+    where = f"under {prefix!r}" if prefix else "at the top level"
+    if not isinstance(key, str):
+        raise TypeError(
+            f"forward returned the key {key!r} ({describe(key)}) {where}; expected str keys"
+        )
+    # An empty path component would make two different nestings log under the same name
+    # ("a//b" vs "a/b"), and loggers drop or rename such names.
+    if not key or key.startswith(SEPARATOR) or key.endswith(SEPARATOR) or "//" in key:
+        raise ValueError(
+            f"forward returned the key {key!r} {where}; expected a non-empty name whose "
+            f"'{SEPARATOR}'-separated parts are non-empty"
+        )
+    if len(_VALID_KEYS) < _VALID_KEYS_LIMIT:
+        _VALID_KEYS.add(key)
 
 
 def parse_output(output: Any, select: KeySelector) -> ParsedOutput | None:
@@ -181,22 +195,27 @@ def parse_output(output: Any, select: KeySelector) -> ParsedOutput | None:
             f"forward returned {describe(output)}; expected a 0-dim floating tensor (the loss), "
             "a mapping of names to losses and other values, or None"
         )
+    if not select.explicit:
+        fast = _all_loss_terms(output)
+        if fast is not None:
+            return fast
     flat = flatten(output)
     if not flat:
         return None
     parsed = ParsedOutput()
+    terms, explicit = parsed.terms, select.explicit
     for name, value in flat.items():
-        if select.explicit:
+        if explicit:
             if select(name):
                 if not is_loss_tensor(value):
                     raise TypeError(
                         f"loss term {name!r} (selected by loss_keys) is {describe(value)}; "
                         "expected a 0-dim floating tensor"
                     )
-                parsed.terms[name] = value
+                terms[name] = value
                 continue
         elif is_loss_tensor(value):
-            parsed.terms[name] = value
+            terms[name] = value
             continue
         if is_scalar(value):
             parsed.metrics[name] = value
@@ -204,6 +223,26 @@ def parse_output(output: Any, select: KeySelector) -> ParsedOutput | None:
             parsed.outputs[name] = value
     _check_reserved(parsed)
     return parsed
+
+
+def _all_loss_terms(output: Mapping[Any, Any]) -> ParsedOutput | None:
+    """The common step in one pass: a flat mapping of already-validated keys to loss tensors.
+
+    Returns ``None`` (take the general path) as soon as anything else shows up.
+    """
+    if not output or len(output) == 1 and TOTAL in output:
+        return None
+    for key, value in output.items():
+        if not (
+            key in _VALID_KEYS
+            and isinstance(value, Tensor)
+            and value.ndim == 0
+            and value.is_floating_point()
+        ):
+            return None
+    if TOTAL in output:
+        return None  # let the general path explain the reserved name
+    return ParsedOutput(terms=dict(output))
 
 
 def _check_reserved(parsed: ParsedOutput) -> None:
