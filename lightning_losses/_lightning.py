@@ -19,7 +19,11 @@ def writes_step_metrics(trainer: pl.Trainer) -> bool:
     every batch under ``fast_dev_run``), so our windows close exactly when Lightning's do;
     Lightning's own ``LearningRateMonitor`` asks the same private property.
     """
-    if trainer.fit_loop._should_accumulate() and trainer.lightning_module.automatic_optimization:
+    if (
+        trainer.accumulate_grad_batches > 1  # only then can a batch be an accumulating one
+        and trainer.fit_loop._should_accumulate()
+        and trainer.lightning_module.automatic_optimization
+    ):
         return False
     return bool(trainer._logger_connector.should_update_logs or trainer.fast_dev_run)
 

@@ -1,0 +1,253 @@
+"""A two-process DDP job (gloo, CPU) for the tests; every rank writes ``rank<r>.json`` to --out.
+
+    python tests/ddp_job.py SCENARIO --out DIR [--strategy ddp|ddp_spawn]
+
+Run in a subprocess by ``test_ddp.py`` with a timeout, so that a hang fails a test instead of
+stalling CI. Lightning's ``ddp`` strategy relaunches this script for rank 1; ``ddp_spawn`` spawns
+workers. Either way each rank records what a test needs: the values logged (rank 0), the
+callback metrics, parameters after every step, the number of ``torch.distributed`` collectives
+issued during training, and any exception.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import MemoryLogger  # noqa: E402
+
+from lightning_losses import LossDictModule  # noqa: E402
+
+COLLECTIVES = (
+    "all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "broadcast",
+    "broadcast_object_list", "barrier", "reduce", "gather", "scatter", "reduce_scatter_tensor",
+    "all_to_all", "gather_object",
+)
+
+
+class Recorder(Callback):
+    """Writes this rank's observations to ``out/rank<r>.json`` at the end (or on an exception)."""
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+        self.counts: dict[str, int] = {}
+        self.counting = False
+        self.step_params: list[list[float]] = []
+        self._patched = False
+
+    def _patch(self) -> None:
+        # Count at both names a collective is reachable by (torch.distributed re-exports them).
+        if self._patched:
+            return
+        self._patched = True
+        from torch.distributed import distributed_c10d as c10d
+
+        for name in COLLECTIVES:
+            original = getattr(c10d, name, None)
+            if original is None:
+                continue
+
+            @functools.wraps(original)
+            def counted(*args: Any, __name: str = name, __original: Any = original, **kw: Any):
+                if self.counting:
+                    self.counts[__name] = self.counts.get(__name, 0) + 1
+                return __original(*args, **kw)
+
+            setattr(c10d, name, counted)
+            setattr(dist, name, counted)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._patch()
+        self.counting = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.step_params.append(flat_params(pl_module))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.counting = False
+        self.write(trainer, pl_module, None)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.counting = False
+        self.write(trainer, pl_module, exception)
+
+    def write(self, trainer, pl_module, exception: BaseException | None) -> None:
+        logger = trainer.loggers[0] if trainer.loggers else None
+        record = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "global_step": trainer.global_step,
+            "exception": None if exception is None else type(exception).__name__,
+            "message": None if exception is None else str(exception),
+            "params": flat_params(pl_module),
+            "step_params": self.step_params,
+            "callback_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+            "logged": logger.rows if isinstance(logger, MemoryLogger) else [],
+            "collectives": self.counts,
+            "skipped_steps": getattr(pl_module, "skipped_steps", 0),
+        }
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+def flat_params(module: nn.Module) -> list[float]:
+    return torch.cat([p.detach().flatten() for p in module.parameters()]).tolist()
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+class RankSteps(LossDictModule):
+    """Values that are known functions of (rank, step), and keys present on some ranks only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(()))
+
+    def forward(self, batch: Any) -> Any:
+        (x,) = batch
+        zero = self.w * 0  # a zero gradient: values stay exactly as written
+        r = self.global_rank
+        if not self.training:
+            return {"a": zero + x.float().mean()}
+        s = self.trainer.global_step
+        out = {"a": zero + 10 * r + s, "b": zero + 100 + s * r, "m": float(r)}
+        if r == 1:
+            out["only1"] = zero + 1000 + s
+        if r == 0 and s >= 3:
+            out["late0"] = zero + s
+        if s % 4 == 1:
+            out["sometimes"] = zero + r
+        return out
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class Regression(LossDictModule):
+    """A real model: the parameters after DDP must equal a single-process reference."""
+
+    def __init__(self, nonfinite: str = "raise", none_at: tuple[int, int] | None = None,
+                 nan_at: tuple[int, int] | None = None) -> None:
+        super().__init__(nonfinite=nonfinite, loss_weights={"l1": 0.5})
+        torch.manual_seed(0)
+        self.net = nn.Linear(3, 1)
+        self.none_at, self.nan_at = none_at, nan_at
+
+    def forward(self, batch: Any) -> Any:
+        x, y = batch
+        where = (self.global_rank, self.trainer.global_step)
+        if where == self.none_at:
+            return None
+        pred = self.net(x).squeeze(-1)
+        out = {"mse": F.mse_loss(pred, y), "l1": F.l1_loss(pred, y)}
+        if where == self.nan_at:
+            out["mse"] = out["mse"] * float("nan")
+        return out
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class ManyTerms(LossDictModule):
+    def __init__(self, terms: int = 16) -> None:
+        super().__init__()
+        self.net = nn.Linear(4, terms)
+
+    def forward(self, batch: Any) -> Any:
+        (x,) = batch
+        return {f"t{i}": v for i, v in enumerate(self.net(x).pow(2).mean(0).unbind())}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class PlainManyTerms(L.LightningModule):
+    def __init__(self, terms: int = 16) -> None:
+        super().__init__()
+        self.net = nn.Linear(4, terms)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        (x,) = batch
+        return self.net(x).pow(2).mean(0).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class HandSynced(PlainManyTerms):
+    """The hand-written alternative: every term logged with sync_dist=True."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        (x,) = batch
+        terms = self.net(x).pow(2).mean(0)
+        self.log_dict({f"t{i}": v for i, v in enumerate(terms.unbind())}, sync_dist=True)
+        return terms.sum()
+
+
+def regression_data() -> DataLoader:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 3, generator=g)
+    return DataLoader(TensorDataset(x, x.sum(-1) + 0.1 * torch.randn(16, generator=g)),
+                      batch_size=2)
+
+
+def scenario(name: str) -> tuple[L.LightningModule, dict[str, Any], dict[str, Any]]:
+    """(module, fit kwargs, trainer kwargs) of a scenario."""
+    index = TensorDataset(torch.arange(16.0).unsqueeze(-1))
+    if name == "means":
+        val = DataLoader(TensorDataset(torch.arange(10.0).unsqueeze(-1)), batch_size=3)
+        return (RankSteps(), dict(train_dataloaders=DataLoader(index, batch_size=1),
+                                  val_dataloaders=val),
+                dict(max_epochs=2, log_every_n_steps=3))
+    if name == "none_rank1":
+        return (Regression(none_at=(1, 1)), dict(train_dataloaders=regression_data()),
+                dict(max_steps=4))
+    if name in ("nan_raise", "nan_skip"):
+        mode = name.split("_")[1]
+        return (Regression(nonfinite=mode, nan_at=(1, 2)),
+                dict(train_dataloaders=regression_data()), dict(max_steps=4, log_every_n_steps=2))
+    if name.startswith("count_"):
+        module = {"count_ours": ManyTerms, "count_plain": PlainManyTerms,
+                  "count_hand": HandSynced}[name]()
+        data = DataLoader(TensorDataset(torch.randn(160, 4)), batch_size=4)  # 20 steps a rank
+        return module, dict(train_dataloaders=data), dict(max_epochs=2, log_every_n_steps=5)
+    raise SystemExit(f"unknown scenario {name!r}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--strategy", default="ddp", choices=["ddp", "ddp_spawn"])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    module, fit_kwargs, trainer_kwargs = scenario(args.scenario)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy=args.strategy, num_nodes=1,
+        logger=MemoryLogger(), callbacks=[Recorder(args.out)], enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        **trainer_kwargs,
+    )
+    try:
+        trainer.fit(module, **fit_kwargs)
+    except Exception as error:  # recorded by Recorder.on_exception; the test reads the files
+        print(f"rank {os.environ.get('LOCAL_RANK', '?')}: {type(error).__name__}: {error}")
+
+
+if __name__ == "__main__":
+    main()
