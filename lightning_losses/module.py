@@ -8,6 +8,7 @@ interval. This class decides *when* things happen; the other modules decide *wha
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
@@ -117,12 +118,12 @@ class LossDictModule(pl.LightningModule):
         self._eval = MeanAccumulator(self._registry)
         self._plans: dict[tuple[Any, ...], StepPlan] = {}
         # With constant weights the total is derived from the terms' sums at each write (see
-        # plan.py); these are the recipes, per stage's total name.
+        # plan.py and _total_recipes).
         self._derive_totals = weighting is None and not self._weights.has_schedules
-        self._total_recipes: dict[str, dict[str, float]] = {}
         self._warned_no_grad: set[str] = set()
         self._checked_unmatched = False
         self._drop_gradients = False
+        self._quieted: set[str] = set()
         #: Training steps skipped for non-finite losses (``nonfinite="skip"``), over all epochs.
         self.skipped_steps = 0
 
@@ -227,8 +228,6 @@ class LossDictModule(pl.LightningModule):
             plan = StepPlan(
                 stage, terms, tensor_metrics, number_metrics, weight_plan, logged, derived
             )
-            if derived:
-                self._total_recipes.setdefault(plan.total_name, {}).update(plan.total_recipe())
             self._plans[key] = plan
         return plan
 
@@ -337,6 +336,22 @@ class LossDictModule(pl.LightningModule):
             metrics["train/skipped_steps"] = float(self.skipped_steps)
         _lightning.publish_step_metrics(self.trainer, metrics, self._prog_bar)
 
+    def _total_recipes(self, registry: KeyRegistry) -> dict[str, dict[str, float]]:
+        """Each stage's total as a weighted sum of its terms, over every term any rank has seen.
+
+        Built from the agreed registry, not from this rank's plans: a term present on another
+        rank only still counts in the total this rank derives.
+        """
+        if not self._derive_totals:
+            return {}
+        recipes: dict[str, dict[str, float]] = {}
+        for name in registry.names[: registry.agreed]:
+            if registry.kind_of[name] == "term":
+                stage, term = name.split("/", 1)
+                weight = self._weights.resolve(term)
+                recipes.setdefault(f"{stage}/{TOTAL}", {})[name] = float(weight)  # type: ignore[arg-type]
+        return recipes
+
     def _raise_if_nonfinite(self, reduced: Reduced) -> None:
         if self.nonfinite != "raise" or not reduced.nonfinite:
             return
@@ -356,10 +371,15 @@ class LossDictModule(pl.LightningModule):
     def _log_epoch(self, metrics: Mapping[str, float]) -> None:
         # self.log (not a direct logger write) so that trainer.validate()/test() return these
         # values and callbacks can monitor them; the values are already means over all ranks.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
-            for name, value in metrics.items():
-                self.log(name, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=False)
+        for name, value in metrics.items():
+            if name not in self._quieted:
+                self._quieted.add(name)
+                # Under DDP Lightning advises sync_dist=True for epoch-level values: ours are
+                # already reduced over all ranks, and syncing again costs a collective per key.
+                warnings.filterwarnings(
+                    "ignore", message=re.escape(f"It is recommended to use `self.log({name!r},")
+                )
+            self.log(name, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=False)
 
     def on_train_epoch_end(self) -> None:
         self._window.drain_into(self._epoch)

@@ -56,20 +56,21 @@ class StepPlan:
         rest = [f"{stage}/{m}" for m in self.tensor_metrics + self.number_metrics]
         rest += [f"{WEIGHT_PREFIX}/{self.terms[i]}" for i in self.logged_weights]
         self.logged_names = tuple(terms + total + rest)
+        self.kinds = tuple(
+            ["term"] * len(terms)
+            + ["total"] * len(total)
+            + ["metric"] * (len(self.tensor_metrics) + len(self.number_metrics))
+            + ["weight"] * len(self.logged_weights)
+        )
         self.value_names = tuple(terms + ([] if self.derived_total else total) + rest)
         self.logs_every_weight = self.logged_weights == tuple(range(len(self.terms)))
         #: The step's device vector is the stacked terms themselves: no concatenation needed.
         self.terms_only = self.value_names == tuple(terms)
 
-    def total_recipe(self) -> dict[str, float]:
-        """Logged term name -> constant weight, for deriving the total (``derived_total``)."""
-        constants = self.weights.constants
-        return {f"{self.stage}/{t}": constants[i] for i, t in enumerate(self.terms)}
-
     def slots(self, registry: KeyRegistry, device: torch.device) -> Tensor:
         """Registry slots of ``value_names``, as a device tensor, refreshed when slots move."""
         if self._slots is None or self._version != registry.version or self._slots.device != device:
-            registry.slots(self.logged_names)  # the derived total gets a slot too
+            registry.slots(self.logged_names, self.kinds)  # the derived total gets a slot too
             self._version = registry.version
             self._slots = torch.tensor(
                 registry.slots(self.value_names), dtype=torch.long, device=device

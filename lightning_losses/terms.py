@@ -230,7 +230,7 @@ def _all_loss_terms(output: Mapping[Any, Any]) -> ParsedOutput | None:
 
     Returns ``None`` (take the general path) as soon as anything else shows up.
     """
-    if not output or len(output) == 1 and TOTAL in output:
+    if not output or (len(output) == 1 and TOTAL in output):
         return None
     for key, value in output.items():
         if not (

@@ -27,13 +27,16 @@ pooled mean is over the (rank, step) pairs where it was present and nothing ever
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from lightning_losses import collectives
+
+#: registry -> {derived name: {name: coefficient}}, see MeanAccumulator.compute.
+Derivation = Callable[["KeyRegistry"], Mapping[str, Mapping[str, float]]]
 
 
 def accumulator_dtype(device: torch.device) -> torch.dtype:
@@ -47,6 +50,9 @@ class KeyRegistry:
     def __init__(self) -> None:
         self.names: list[str] = []
         self.slot_of: dict[str, int] = {}
+        #: What each name holds ("term", "total", "metric", "weight"): agreed along with the
+        #: slots, since a rank may have to derive a total from terms it never saw itself.
+        self.kind_of: dict[str, str] = {}
         self.agreed = 0
         #: Bumped whenever existing slots move, so cached index tensors know to refresh.
         self.version = 0
@@ -55,35 +61,48 @@ class KeyRegistry:
     def __len__(self) -> int:
         return len(self.names)
 
-    def slots(self, names: Iterable[str]) -> list[int]:
-        """The slot of each name, registering new names as pending."""
+    def slots(self, names: Iterable[str], kinds: Iterable[str] | None = None) -> list[int]:
+        """The slot of each name, registering new names (of the given kinds) as pending."""
         out = []
+        kinds = iter(kinds) if kinds is not None else None
         for name in names:
+            kind = next(kinds) if kinds is not None else "value"
             slot = self.slot_of.get(name)
             if slot is None:
                 slot = len(self.names)
                 self.names.append(name)
                 self.slot_of[name] = slot
+                self.kind_of[name] = kind
             out.append(slot)
         return out
 
     @property
-    def pending(self) -> list[str]:
-        return self.names[self.agreed :]
+    def pending(self) -> list[tuple[str, str]]:
+        """This rank's names (with their kinds) that other ranks may not know yet."""
+        return [(name, self.kind_of[name]) for name in self.names[self.agreed :]]
 
     def attach(self, accumulator: MeanAccumulator) -> None:
         self._accumulators.append(weakref.ref(accumulator))
+
+    def __getstate__(self) -> dict[str, object]:
+        # Weak references do not pickle (ddp_spawn, deepcopy); accumulators re-attach on load.
+        return {k: v for k, v in self.__dict__.items() if k != "_accumulators"}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._accumulators = []
 
     def agree_locally(self) -> None:
         """Single process: every slot is agreed as it is."""
         self.agreed = len(self.names)
 
-    def adopt(self, pending_by_rank: list[list[str]]) -> None:
+    def adopt(self, pending_by_rank: list[list[tuple[str, str]]]) -> None:
         """Append every rank's pending names to the agreed prefix and move local values there."""
         names = self.names[: self.agreed]
         seen = set(names)
         for rank_names in pending_by_rank:
-            for name in rank_names:
+            for name, kind in rank_names:
+                self.kind_of.setdefault(name, kind)
                 if name not in seen:
                     seen.add(name)
                     names.append(name)
@@ -129,6 +148,10 @@ class MeanAccumulator:
         self.counts: dict[tuple[str, ...], float] = {}
         self._drained_counts: dict[tuple[str, ...], float] = {}
         registry.attach(self)
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self.registry.attach(self)
 
     def _ensure(self, device: torch.device) -> Tensor:
         needed = len(self.registry)
@@ -222,15 +245,15 @@ class MeanAccumulator:
         self,
         device: torch.device,
         distributed: bool | None = None,
-        derived: Mapping[str, Mapping[str, float]] | None = None,
+        derived: Derivation | None = None,
     ) -> Reduced:
         """Means over everything added since the last reset, pooled over all ranks.
 
         Must be called on every rank together when ``distributed``: it is one gather in the
         steady state. ``device`` is where a rank that never added anything builds its payload.
-        ``derived`` gives names whose sums are not accumulated but are linear combinations of
-        other names' sums (``{"train/loss": {"train/seg": 1.0, "train/depth": 0.5}}``); their
-        counts are accumulated as usual.
+        ``derived(registry)`` gives names whose sums are not accumulated but are linear
+        combinations of other names' sums (``{"train/loss": {"train/seg": 1.0, ...}}``); their
+        counts are accumulated as usual. It is asked after the ranks agree on their names.
         """
         if distributed is None:
             distributed = collectives.is_distributed()
@@ -263,9 +286,7 @@ class MeanAccumulator:
             )
         )
 
-    def _finish(
-        self, gathered: Tensor, derived: Mapping[str, Mapping[str, float]] | None = None
-    ) -> Reduced:
+    def _finish(self, gathered: Tensor, derived: Derivation | None = None) -> Reduced:
         """Combine every rank's payload row (on the host): sums add, first steps take the min."""
         # (the min step is the max encoded entry, see note_nonfinite)
         agreed = self.registry.agreed
@@ -276,7 +297,7 @@ class MeanAccumulator:
         names = self.registry.names
         sum_list = sums.tolist()
         slot_of = self.registry.slot_of
-        for name, recipe in (derived or {}).items():
+        for name, recipe in (derived(self.registry) if derived else {}).items():
             slot = slot_of.get(name)
             if slot is not None and slot < agreed:
                 sum_list[slot] = sum(

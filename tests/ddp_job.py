@@ -28,14 +28,24 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import MemoryLogger  # noqa: E402
+from conftest import MemoryLogger
 
-from lightning_losses import LossDictModule  # noqa: E402
+from lightning_losses import LossDictModule
 
 COLLECTIVES = (
-    "all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "broadcast",
-    "broadcast_object_list", "barrier", "reduce", "gather", "scatter", "reduce_scatter_tensor",
-    "all_to_all", "gather_object",
+    "all_reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "all_gather_object",
+    "broadcast",
+    "broadcast_object_list",
+    "barrier",
+    "reduce",
+    "gather",
+    "scatter",
+    "reduce_scatter_tensor",
+    "all_to_all",
+    "gather_object",
 )
 
 
@@ -73,6 +83,7 @@ class Recorder(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self._patch()
         self.counting = True
+        self.initial_params = flat_params(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.step_params.append(flat_params(pl_module))
@@ -94,6 +105,7 @@ class Recorder(Callback):
             "exception": None if exception is None else type(exception).__name__,
             "message": None if exception is None else str(exception),
             "params": flat_params(pl_module),
+            "initial_params": getattr(self, "initial_params", None),
             "step_params": self.step_params,
             "callback_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
             "logged": logger.rows if isinstance(logger, MemoryLogger) else [],
@@ -141,8 +153,12 @@ class RankSteps(LossDictModule):
 class Regression(LossDictModule):
     """A real model: the parameters after DDP must equal a single-process reference."""
 
-    def __init__(self, nonfinite: str = "raise", none_at: tuple[int, int] | None = None,
-                 nan_at: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        nonfinite: str = "raise",
+        none_at: tuple[int, int] | None = None,
+        nan_at: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__(nonfinite=nonfinite, loss_weights={"l1": 0.5})
         torch.manual_seed(0)
         self.net = nn.Linear(3, 1)
@@ -202,8 +218,9 @@ class HandSynced(PlainManyTerms):
 def regression_data() -> DataLoader:
     g = torch.Generator().manual_seed(3)
     x = torch.randn(16, 3, generator=g)
-    return DataLoader(TensorDataset(x, x.sum(-1) + 0.1 * torch.randn(16, generator=g)),
-                      batch_size=2)
+    return DataLoader(
+        TensorDataset(x, x.sum(-1) + 0.1 * torch.randn(16, generator=g)), batch_size=2
+    )
 
 
 def scenario(name: str) -> tuple[L.LightningModule, dict[str, Any], dict[str, Any]]:
@@ -211,19 +228,28 @@ def scenario(name: str) -> tuple[L.LightningModule, dict[str, Any], dict[str, An
     index = TensorDataset(torch.arange(16.0).unsqueeze(-1))
     if name == "means":
         val = DataLoader(TensorDataset(torch.arange(10.0).unsqueeze(-1)), batch_size=3)
-        return (RankSteps(), dict(train_dataloaders=DataLoader(index, batch_size=1),
-                                  val_dataloaders=val),
-                dict(max_epochs=2, log_every_n_steps=3))
+        return (
+            RankSteps(),
+            dict(train_dataloaders=DataLoader(index, batch_size=1), val_dataloaders=val),
+            dict(max_epochs=2, log_every_n_steps=3),
+        )
     if name == "none_rank1":
-        return (Regression(none_at=(1, 1)), dict(train_dataloaders=regression_data()),
-                dict(max_steps=4))
+        return (
+            Regression(none_at=(1, 1)),
+            dict(train_dataloaders=regression_data()),
+            dict(max_steps=4),
+        )
     if name in ("nan_raise", "nan_skip"):
         mode = name.split("_")[1]
-        return (Regression(nonfinite=mode, nan_at=(1, 2)),
-                dict(train_dataloaders=regression_data()), dict(max_steps=4, log_every_n_steps=2))
+        return (
+            Regression(nonfinite=mode, nan_at=(1, 2)),
+            dict(train_dataloaders=regression_data()),
+            dict(max_steps=4, log_every_n_steps=2),
+        )
     if name.startswith("count_"):
-        module = {"count_ours": ManyTerms, "count_plain": PlainManyTerms,
-                  "count_hand": HandSynced}[name]()
+        module = {"count_ours": ManyTerms, "count_plain": PlainManyTerms, "count_hand": HandSynced}[
+            name
+        ]()
         data = DataLoader(TensorDataset(torch.randn(160, 4)), batch_size=4)  # 20 steps a rank
         return module, dict(train_dataloaders=data), dict(max_epochs=2, log_every_n_steps=5)
     raise SystemExit(f"unknown scenario {name!r}")
@@ -238,9 +264,16 @@ def main() -> None:
     torch.set_num_threads(1)
     module, fit_kwargs, trainer_kwargs = scenario(args.scenario)
     trainer = L.Trainer(
-        accelerator="cpu", devices=2, strategy=args.strategy, num_nodes=1,
-        logger=MemoryLogger(), callbacks=[Recorder(args.out)], enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=2,
+        strategy=args.strategy,
+        num_nodes=1,
+        logger=MemoryLogger(),
+        callbacks=[Recorder(args.out)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
         **trainer_kwargs,
     )
     try:

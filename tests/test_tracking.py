@@ -88,3 +88,16 @@ def test_drain_feeds_another_accumulator_only_what_is_new():
     window.drain_into(epoch)  # the window's write: only the step after the epoch end is new
     assert window.compute(CPU, distributed=False).means == {"a": 14.0 / 3}
     assert epoch.compute(CPU, distributed=False).means == {"a": 10.0}
+
+
+def test_registry_and_accumulators_survive_pickling_and_still_move_together():
+    import copy
+
+    registry = KeyRegistry()
+    acc = MeanAccumulator(registry)
+    add(acc, ["x"], [2.0])
+    clone = copy.deepcopy(acc)  # also what ddp_spawn's pickling does
+    clone.registry.adopt([[("y", "term")], clone.registry.pending])
+    assert clone.registry.names == ["y", "x"]
+    assert clone.compute(CPU, distributed=False).means == {"x": 2.0}
+    assert acc.compute(CPU, distributed=False).means == {"x": 2.0}

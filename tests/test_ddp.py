@@ -1,0 +1,190 @@
+"""DDP on CPU (gloo, 2 processes), each job in a subprocess with a timeout: a hang fails.
+
+Every expectation is a single-process reference: means computed from the values each rank
+returned, parameters from replaying DDP's averaged SGD steps in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from ddp_job import RankSteps  # noqa: F401  (the scenario whose values the reference replays)
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+pytestmark = [
+    pytest.mark.ddp,
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed"),
+]
+JOB = Path(__file__).with_name("ddp_job.py")
+TIMEOUT = 240
+
+
+def run_job(scenario: str, tmp_path: Path, strategy: str = "ddp") -> list[dict]:
+    out = tmp_path / scenario
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("LOCAL_RANK", None)
+    process = subprocess.Popen(
+        [sys.executable, str(JOB), scenario, "--out", str(out), "--strategy", strategy],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: a timeout kills every rank
+    )
+    try:
+        log, _ = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        log, _ = process.communicate()
+        pytest.fail(f"DDP job {scenario!r} hung for {TIMEOUT}s:\n{log[-3000:]}")
+    files = sorted(out.glob("rank*.json")) if out.exists() else []
+    assert len(files) == 2, f"expected a record from each rank:\n{log[-4000:]}"
+    return [json.loads(f.read_text()) for f in files]
+
+
+# ---------------------------------------------------------------- logged values
+
+
+def rank_step_values(rank: int, step: int) -> dict[str, float]:
+    """What RankSteps.forward returns on ``rank`` at ``step`` (training), as numbers."""
+    out = {"a": 10.0 * rank + step, "b": 100.0 + step * rank, "m": float(rank)}
+    if rank == 1:
+        out["only1"] = 1000.0 + step
+    if rank == 0 and step >= 3:
+        out["late0"] = float(step)
+    if step % 4 == 1:
+        out["sometimes"] = float(rank)
+    out["loss"] = sum(v for k, v in out.items() if k != "m")
+    return out
+
+
+def pooled_means(steps) -> dict[str, float]:
+    """Mean of each key over the (rank, step) pairs where it was present."""
+    values: dict[str, list[float]] = {}
+    for step in steps:
+        for rank in (0, 1):
+            for key, value in rank_step_values(rank, step).items():
+                values.setdefault(key, []).append(value)
+    return {key: statistics.fmean(v) for key, v in values.items()}
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_logged_values_are_means_over_ranks_and_steps(tmp_path, strategy):
+    ranks = run_job("means", tmp_path, strategy)
+    assert [r["exception"] for r in ranks] == [None, None]
+    logged = ranks[0]["logged"]
+    step_rows = [
+        (s, m)
+        for s, m in logged
+        if any(k.startswith("train/") and not k.endswith("_epoch") for k in m)
+    ]
+    # 8 steps a rank per epoch, 2 epochs, a write every 3 steps
+    assert [s for s, _ in step_rows] == [2, 5, 8, 11, 14]
+    for step, row in step_rows:
+        expected = pooled_means(range(step - 2, step + 1))
+        written = {k.removeprefix("train/"): v for k, v in row.items() if k.startswith("train/")}
+        assert written == pytest.approx(expected), f"window ending at step {step}"
+    epoch_rows = [m for _, m in logged if "train/a_epoch" in m]
+    for epoch, row in enumerate(epoch_rows):
+        expected = pooled_means(range(8 * epoch, 8 * epoch + 8))
+        written = {
+            k.removeprefix("train/").removesuffix("_epoch"): v
+            for k, v in row.items()
+            if k.endswith("_epoch")
+        }
+        assert written == pytest.approx(expected)
+    # val: 10 items split 5/5, batches of 3 and 2 per rank: the batch-size-weighted mean is 4.5
+    val_rows = [m for _, m in logged if "val/a" in m]
+    assert [m["val/a"] for m in val_rows] == pytest.approx([4.5, 4.5])
+    # every rank holds the same reduced values (monitors agree across ranks)
+    assert ranks[0]["callback_metrics"] == pytest.approx(ranks[1]["callback_metrics"])
+
+
+# ---------------------------------------------------------------- parameters
+
+
+def reference_params(none_at=None, skip_step=None, steps=4) -> list[float]:
+    """Replay 2-rank DDP with SGD(lr=0.1) in one process: each step averages the ranks'
+    gradients (a rank that returned None contributes zero), as DDP's all-reduce does."""
+    torch.manual_seed(0)
+    net = nn.Linear(3, 1)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 3, generator=g)
+    y = x.sum(-1) + 0.1 * torch.randn(16, generator=g)
+    # Lightning gives a training loader a shuffling DistributedSampler (seed 0) on each rank
+    rank_indices = [
+        list(DistributedSampler(range(16), num_replicas=2, rank=rank, shuffle=True, seed=0))
+        for rank in (0, 1)
+    ]
+    for step in range(steps):
+        grads = [torch.zeros_like(p) for p in net.parameters()]
+        for rank in (0, 1):
+            if (rank, step) == none_at:
+                continue
+            index = rank_indices[rank][2 * step : 2 * step + 2]
+            pred = net(x[index]).squeeze(-1)
+            loss = F.mse_loss(pred, y[index]) + 0.5 * F.l1_loss(pred, y[index])
+            for acc, grad in zip(grads, torch.autograd.grad(loss, list(net.parameters()))):
+                acc += grad / 2
+        if step != skip_step:
+            with torch.no_grad():
+                for p, grad in zip(net.parameters(), grads):
+                    p -= 0.1 * grad
+    return torch.cat([p.detach().flatten() for p in net.parameters()]).tolist()
+
+
+def test_none_on_one_rank_neither_hangs_nor_drops_the_other_ranks_gradients(tmp_path):
+    ranks = run_job("none_rank1", tmp_path)
+    assert [r["exception"] for r in ranks] == [None, None]
+    assert ranks[0]["params"] == ranks[1]["params"]  # identical, bit for bit
+    assert ranks[0]["params"] == pytest.approx(reference_params(none_at=(1, 1)), abs=1e-6)
+    assert ranks[0]["params"] != pytest.approx(reference_params(), abs=1e-6)
+
+
+def test_nan_on_one_rank_raises_on_every_rank(tmp_path):
+    ranks = run_job("nan_raise", tmp_path)
+    for record in ranks:
+        assert record["exception"] == "FloatingPointError"
+        assert "'mse'" in record["message"] and "at step 2 on rank 1" in record["message"]
+
+
+def test_nan_on_one_rank_with_skip_updates_nothing_anywhere(tmp_path):
+    ranks = run_job("nan_skip", tmp_path)
+    assert [r["exception"] for r in ranks] == [None, None]
+    assert [r["skipped_steps"] for r in ranks] == [1, 1]
+    for record in ranks:
+        steps = record["step_params"]
+        assert steps[2] == steps[1] and steps[3] != steps[2]  # step 2 changed nothing
+    assert ranks[0]["params"] == ranks[1]["params"]
+    assert ranks[0]["params"] == pytest.approx(reference_params(skip_step=2), abs=1e-6)
+    assert [
+        v for _, m in ranks[0]["logged"] for k, v in m.items() if k == "train/skipped_steps"
+    ] == [0.0, 1.0]
+
+
+# ---------------------------------------------------------------- cost
+
+
+def collectives(record: dict) -> int:
+    return sum(record["collectives"].values())
+
+
+def test_sixteen_terms_cost_at_most_one_collective_per_write(tmp_path):
+    ours = run_job("count_ours", tmp_path)
+    plain = run_job("count_plain", tmp_path)
+    writes, epochs = 8, 2  # 40 steps a rank, log_every_n_steps=5
+    extra = collectives(ours[0]) - collectives(plain[0])
+    # one gather per write and per epoch end, plus the one-off agreement on the 17 names
+    # (an object gather, counted once and for the two gathers it issues, and a second gather)
+    assert extra <= writes + epochs + 4, (ours[0]["collectives"], plain[0]["collectives"])
+    assert collectives(ours[0]) == collectives(ours[1])
