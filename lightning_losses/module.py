@@ -8,6 +8,7 @@ interval. This class decides *when* things happen; the other modules decide *wha
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -20,7 +21,7 @@ from lightning.pytorch.utilities.data import extract_batch_size
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_losses import _lightning, collectives
+from lightning_losses import _lightning, collectives, routing
 from lightning_losses.plan import StepPlan
 from lightning_losses.terms import (
     TOTAL,
@@ -124,8 +125,23 @@ class LossDictModule(pl.LightningModule):
         self._checked_unmatched = False
         self._drop_gradients = False
         self._quieted: set[str] = set()
+        self._router: routing.Router | None = None
         #: Training steps skipped for non-finite losses (``nonfinite="skip"``), over all epochs.
         self.skipped_steps = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A subclass's configure_optimizers may return a route map ({"seg": Adam, ...}), which
+        # Lightning would not accept: translate it on the way out.
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("configure_optimizers")
+        if own is not None and not getattr(own, "_routes_translated", False):
+
+            @functools.wraps(own)
+            def configure_optimizers(self: LossDictModule) -> Any:
+                return self._translate_routes(own(self))
+
+            configure_optimizers._routes_translated = True  # type: ignore[attr-defined]
+            cls.configure_optimizers = configure_optimizers  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ forward and steps
 
@@ -200,13 +216,21 @@ class LossDictModule(pl.LightningModule):
         total = losses.sum() if weights is None else torch.dot(losses, weights)
         if penalty is not None:
             total = total + penalty
+        objective = total
+        router = self._route_for_step() if training else None
+        if router is not None:
+            router.note(plan.terms)
+            terms = list(parsed.terms.values())
+            if not router.one_backward_suffices(plan.terms, terms):
+                weighted = losses if weights is None else losses * weights
+                objective = router.surrogate(plan.terms, weighted)
 
         if training:
             self._warn_no_grad(parsed)
             if self.nonfinite == "skip" and self._skip_nonfinite(losses):
                 return self._nothing_to_learn(skipped=True)
         self._record(stage, parsed, plan, losses, total, batch, weights, step)
-        return _step_output(total, parsed)
+        return _step_output(objective, parsed)
 
     # ------------------------------------------------------------------ recording
 
@@ -395,9 +419,11 @@ class LossDictModule(pl.LightningModule):
         )
         if not self._checked_unmatched:
             self._checked_unmatched = True
+            routes = self._router.unmatched() if self._router is not None else []
             for source, entries in (
                 ("loss_weights", self._weights.unmatched()),
                 ("loss_keys", self._select.unmatched()),
+                ("optimizer route", routes),
             ):
                 for entry in entries:
                     rank_zero_warn(
@@ -423,6 +449,34 @@ class LossDictModule(pl.LightningModule):
         self._log_epoch({k: v for k, v in reduced.means.items() if k.startswith(f"{stage}/")})
 
     # ------------------------------------------------------------------ optimizers, checkpoints
+
+    def _translate_routes(self, config: Any) -> Any:
+        if not routing.is_route_map(config):
+            return config
+        return routing.parse_route_map(config, self)
+
+    def _route_for_step(self) -> routing.Router | None:
+        if self._router is None and self._trainer_attached():
+            composite = routing.routed_optimizer(self.trainer.optimizers)
+            if composite is not None:
+                self._router = routing.Router(composite)
+        return self._router
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        # With per-key optimizers each route optimizer is clipped on its own parameters.
+        composite = routing.routed_optimizer([optimizer])
+        if composite is None:
+            super().configure_gradient_clipping(
+                optimizer, gradient_clip_val, gradient_clip_algorithm
+            )
+            return
+        for inner in composite.optimizers.values():
+            self.clip_gradients(inner, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> Any:
         factory = self.optimizer_factory or default_optimizer
