@@ -17,25 +17,29 @@ warnings.filterwarnings("ignore")
 
 
 class StepTimer(Callback):
-    """Wall time from the first timed batch to the last, excluding the warm-up batches."""
+    """Wall time per batch, excluding the warm-up batches.
+
+    Counts batches itself: under manual optimization ``global_step`` counts every optimizer's
+    step, not batches.
+    """
 
     def __init__(self, warmup: int = 20) -> None:
         self.warmup = warmup
         self.start = self.end = 0.0
-        self.timed = 0
+        self.batches = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.warmup:
+        if self.batches == self.warmup:
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step > self.warmup:
+        self.batches += 1
+        if self.batches > self.warmup:
             self.end = time.perf_counter()
-            self.timed = trainer.global_step - self.warmup
 
     @property
     def per_step(self) -> float:
-        return (self.end - self.start) / self.timed
+        return (self.end - self.start) / (self.batches - self.warmup)
 
 
 class TermsModel(nn.Module):
@@ -56,9 +60,13 @@ def data(steps: int, batch_size: int = 32) -> DataLoader:
 
 
 def time_fit(module: L.LightningModule, steps: int, logger: Any, **trainer_kwargs: Any) -> float:
+    """Seconds per batch over ``steps`` batches (``max_steps`` scaled for manual optimization)."""
     timer = StepTimer()
+    optimizers_per_batch = 1
+    if not module.automatic_optimization:
+        optimizers_per_batch = len(module.configure_optimizers())
     trainer = L.Trainer(
-        max_steps=steps, logger=logger, callbacks=[timer], accelerator="cpu", devices=1,
+        max_steps=steps * optimizers_per_batch, logger=logger, callbacks=[timer], accelerator="cpu", devices=1,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         **trainer_kwargs,
     )
