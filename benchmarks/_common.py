@@ -66,8 +66,14 @@ def time_fit(module: L.LightningModule, steps: int, logger: Any, **trainer_kwarg
     if not module.automatic_optimization:
         optimizers_per_batch = len(module.configure_optimizers())
     trainer = L.Trainer(
-        max_steps=steps * optimizers_per_batch, logger=logger, callbacks=[timer], accelerator="cpu", devices=1,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        max_steps=steps * optimizers_per_batch,
+        logger=logger,
+        callbacks=[timer],
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         **trainer_kwargs,
     )
     trainer.fit(module, data(steps))

@@ -37,9 +37,16 @@ def run_rank(variant: str, steps: int, out: Path) -> None:
     timer, recorder = StepTimer(warmup=20), Recorder(str(out / "records"))
     data = DataLoader(TensorDataset(torch.randn(2 * steps * 4, 4)), batch_size=4)
     trainer = L.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_steps=steps, logger=False,
-        log_every_n_steps=50, callbacks=[timer, recorder], enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_steps=steps,
+        logger=False,
+        log_every_n_steps=50,
+        callbacks=[timer, recorder],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(module, data)
     if trainer.global_rank == 0:
@@ -63,9 +70,20 @@ def main() -> None:
         for variant in ("plain", "sync_dist", "ours"):
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
             subprocess.run(
-                [sys.executable, __file__, "--variant", variant, "--steps", str(args.steps),
-                 "--out", tmp],
-                check=True, env=env, timeout=900, capture_output=True,
+                [
+                    sys.executable,
+                    __file__,
+                    "--variant",
+                    variant,
+                    "--steps",
+                    str(args.steps),
+                    "--out",
+                    tmp,
+                ],
+                check=True,
+                env=env,
+                timeout=900,
+                capture_output=True,
             )
             results[variant] = json.loads((Path(tmp) / f"{variant}.json").read_text())
     print(f"2 gloo ranks on CPU, 16 terms, {args.steps} steps, log_every_n_steps=50")

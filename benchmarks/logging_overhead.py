@@ -52,20 +52,27 @@ def main() -> None:
     parser.add_argument("--terms", type=int, nargs="+", default=[1, 8, 32])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"steps={args.steps} repeats={args.repeats} torch={torch.__version__} "
-          f"lightning={L.__version__}")
-    print(f"{'terms':>5} {'a: plain ms':>12} {'b: log_dict ms':>15} {'c: ours ms':>11} "
-          f"{'c/a':>6} {'b/c':>6}")
+    print(
+        f"steps={args.steps} repeats={args.repeats} torch={torch.__version__} "
+        f"lightning={L.__version__}"
+    )
+    print(
+        f"{'terms':>5} {'a: plain ms':>12} {'b: log_dict ms':>15} {'c: ours ms':>11} "
+        f"{'c/a':>6} {'b/c':>6}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for terms in args.terms:
             times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
             for _ in range(args.repeats):  # interleaved, so drift hits all three alike
                 for key, make in (("a", PlainSum), ("b", HandLogged), ("c", ours)):
-                    times[key].append(time_fit(make(terms), args.steps, CSVLogger(tmp),
-                                               log_every_n_steps=50))
+                    times[key].append(
+                        time_fit(make(terms), args.steps, CSVLogger(tmp), log_every_n_steps=50)
+                    )
             a, b, c = (best_of(times[k]) for k in "abc")
-            print(f"{terms:>5} {a * 1e3:>12.3f} {b * 1e3:>15.3f} {c * 1e3:>11.3f} "
-                  f"{c / a:>6.2f} {b / c:>6.2f}")
+            print(
+                f"{terms:>5} {a * 1e3:>12.3f} {b * 1e3:>15.3f} {c * 1e3:>11.3f} "
+                f"{c / a:>6.2f} {b / c:>6.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,10 @@ class Single(LossDictModule):
 
 class Disjoint(Single):
     def configure_optimizers(self):
-        routes = {f"t{i}": torch.optim.Adam(h.parameters(), lr=1e-3)
-                  for i, h in enumerate(self.model.heads)}
+        routes = {
+            f"t{i}": torch.optim.Adam(h.parameters(), lr=1e-3)
+            for i, h in enumerate(self.model.heads)
+        }
         routes["loss"] = torch.optim.Adam(self.model.trunk.parameters(), lr=1e-3)
         return routes
 
@@ -61,8 +63,9 @@ class Overlapping(Single):
     def configure_optimizers(self):
         heads = self.model.heads
         routes = {f"t{i}": torch.optim.Adam(h.parameters(), lr=1e-3) for i, h in enumerate(heads)}
-        routes["t0"] = torch.optim.Adam([*heads[0].parameters(), *self.model.trunk.parameters()],
-                                        lr=1e-3)
+        routes["t0"] = torch.optim.Adam(
+            [*heads[0].parameters(), *self.model.trunk.parameters()], lr=1e-3
+        )
         return routes
 
 
@@ -96,14 +99,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    variants = {"a: one optimizer": Single, "b: disjoint routes": Disjoint,
-                "c: overlapping routes": Overlapping, "d: manual routing": Manual}
+    variants = {
+        "a: one optimizer": Single,
+        "b: disjoint routes": Disjoint,
+        "c: overlapping routes": Overlapping,
+        "d: manual routing": Manual,
+    }
     times: dict[str, list[float]] = {k: [] for k in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
             for name, make in variants.items():
-                times[name].append(time_fit(make(), args.steps, CSVLogger(tmp),
-                                            log_every_n_steps=50))
+                times[name].append(
+                    time_fit(make(), args.steps, CSVLogger(tmp), log_every_n_steps=50)
+                )
     best = {k: best_of(v) for k, v in times.items()}
     for name, value in best.items():
         print(f"{name:>24}: {value * 1e3:.3f} ms/step")

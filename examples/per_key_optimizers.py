@@ -27,15 +27,19 @@ class TwoTasks(LossDictModule):
     def forward(self, batch):
         x, y1, y2 = batch
         h = self.trunk(x)
-        return {"task1": F.cross_entropy(self.head1(h), y1),
-                "task2": F.mse_loss(self.head2(h).squeeze(-1), y2)}
+        return {
+            "task1": F.cross_entropy(self.head1(h), y1),
+            "task2": F.mse_loss(self.head2(h).squeeze(-1), y2),
+        }
 
     def configure_optimizers(self):
         sgd = torch.optim.SGD(self.head2.parameters(), lr=0.05, momentum=0.9)
         return {
             "task1": torch.optim.Adam(self.head1.parameters(), lr=1e-2),
-            "task2": {"optimizer": sgd,
-                      "lr_scheduler": torch.optim.lr_scheduler.StepLR(sgd, step_size=2)},
+            "task2": {
+                "optimizer": sgd,
+                "lr_scheduler": torch.optim.lr_scheduler.StepLR(sgd, step_size=2),
+            },
             "loss": torch.optim.AdamW(self.trunk.parameters(), lr=3e-3),  # the weighted total
         }
 
@@ -46,9 +50,16 @@ def main() -> None:
     y1 = (x[:, :3] @ torch.randn(3, 3)).argmax(-1)
     y2 = x[:, 3:6].sum(-1)
     loader = DataLoader(TensorDataset(x, y1, y2), batch_size=64, shuffle=True)
-    trainer = L.Trainer(max_epochs=5, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                        gradient_clip_val=1.0, log_every_n_steps=8)
+    trainer = L.Trainer(
+        max_epochs=5,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        gradient_clip_val=1.0,
+        log_every_n_steps=8,
+    )
     module = TwoTasks()
     trainer.fit(module, loader)
     print(f"global_step={trainer.global_step} (one per batch), optimizer: {trainer.optimizers[0]}")

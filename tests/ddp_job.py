@@ -179,6 +179,35 @@ class Regression(LossDictModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+class TwoHeads(LossDictModule):
+    """Overlapping routes: the trunk is owned by "t0", which "t1" also reaches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = two_heads()
+
+    def forward(self, batch: Any) -> Any:
+        return two_head_losses(self.net, batch)
+
+    def configure_optimizers(self):
+        trunk, head0, head1 = self.net
+        return {
+            "t0": torch.optim.SGD([*trunk.parameters(), *head0.parameters()], lr=0.1),
+            "t1": torch.optim.SGD(head1.parameters(), lr=0.2),
+        }
+
+
+def two_heads() -> nn.ModuleList:
+    torch.manual_seed(0)
+    return nn.ModuleList([nn.Linear(3, 4), nn.Linear(4, 1), nn.Linear(4, 1)])
+
+
+def two_head_losses(net: nn.ModuleList, batch: Any) -> dict[str, torch.Tensor]:
+    x, y = batch
+    h = net[0](x).tanh()
+    return {"t0": F.mse_loss(net[1](h).squeeze(-1), y), "t1": F.l1_loss(net[2](h).squeeze(-1), y)}
+
+
 class ManyTerms(LossDictModule):
     def __init__(self, terms: int = 16) -> None:
         super().__init__()
@@ -246,6 +275,8 @@ def scenario(name: str) -> tuple[L.LightningModule, dict[str, Any], dict[str, An
             dict(train_dataloaders=regression_data()),
             dict(max_steps=4, log_every_n_steps=2),
         )
+    if name == "routes":
+        return TwoHeads(), dict(train_dataloaders=regression_data()), dict(max_steps=4)
     if name.startswith("count_"):
         module = {"count_ours": ManyTerms, "count_plain": PlainManyTerms, "count_hand": HandSynced}[
             name

@@ -172,6 +172,41 @@ def test_nan_on_one_rank_with_skip_updates_nothing_anywhere(tmp_path):
     ] == [0.0, 1.0]
 
 
+def test_per_key_optimizers_under_ddp_equal_a_single_process_replay(tmp_path):
+    from ddp_job import two_head_losses, two_heads
+
+    ranks = run_job("routes", tmp_path)
+    assert [r["exception"] for r in ranks] == [None, None]
+    assert ranks[0]["params"] == ranks[1]["params"]
+    net = two_heads()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 3, generator=g)
+    y = x.sum(-1) + 0.1 * torch.randn(16, generator=g)
+    rank_indices = [
+        list(DistributedSampler(range(16), num_replicas=2, rank=rank, shuffle=True, seed=0))
+        for rank in (0, 1)
+    ]
+    routes = [
+        ([*net[0].parameters(), *net[1].parameters()], "t0", 0.1),
+        (list(net[2].parameters()), "t1", 0.2),
+    ]
+    for step in range(4):
+        updates = []
+        for params, term, lr in routes:
+            grads = [torch.zeros_like(p) for p in params]
+            for rank in (0, 1):  # each route's gradient, averaged over ranks as DDP does
+                index = rank_indices[rank][2 * step : 2 * step + 2]
+                loss = two_head_losses(net, (x[index], y[index]))[term]
+                for acc, grad in zip(grads, torch.autograd.grad(loss, params)):
+                    acc += grad / 2
+            updates += [(p, lr * grad) for p, grad in zip(params, grads)]
+        with torch.no_grad():
+            for p, update in updates:
+                p -= update
+    expected = torch.cat([p.detach().flatten() for p in net.parameters()]).tolist()
+    assert ranks[0]["params"] == pytest.approx(expected, abs=1e-6)
+
+
 # ---------------------------------------------------------------- cost
 
 
