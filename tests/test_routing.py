@@ -229,3 +229,20 @@ def test_a_route_that_matched_no_term_warns_after_the_first_epoch():
 
     with pytest.warns(UserWarning, match="optimizer route entry 'sgm' matched no loss term"):
         make_trainer(None, max_epochs=1).fit(Routed(typo), multitask_data())
+
+
+def test_reduce_on_plateau_gets_its_monitor_through_the_route_proxy():
+    def plateau(m):
+        seg = torch.optim.SGD(m.seg.parameters(), lr=1.0)
+        # mode="max" on a falling loss: every epoch after the first is "no improvement"
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(seg, mode="max", factor=0.5,
+                                                               patience=0)
+        return {
+            "seg": {"optimizer": seg,
+                    "lr_scheduler": {"scheduler": scheduler, "monitor": "train/loss_epoch"}},
+            "loss": torch.optim.SGD([*m.trunk.parameters(), *m.depth.parameters()], lr=0.01),
+        }
+
+    trainer = make_trainer(None, max_epochs=3)
+    trainer.fit(Routed(plateau), multitask_data())
+    assert trainer.optimizers[0].optimizers[("seg",)].param_groups[0]["lr"] == pytest.approx(0.25)
