@@ -113,19 +113,25 @@ def test_logged_values_are_means_over_ranks_and_steps(tmp_path, strategy):
 # ---------------------------------------------------------------- parameters
 
 
+def regression_batches():
+    """The job's regression data and the indices each rank sees: Lightning gives a training
+    loader a shuffling DistributedSampler (seed 0) on each rank."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 3, generator=g)
+    y = x.sum(-1) + 0.1 * torch.randn(16, generator=g)
+    rank_indices = [
+        list(DistributedSampler(range(16), num_replicas=2, rank=rank, shuffle=True, seed=0))
+        for rank in (0, 1)
+    ]
+    return x, y, rank_indices
+
+
 def reference_params(none_at=None, skip_step=None, steps=4) -> list[float]:
     """Replay 2-rank DDP with SGD(lr=0.1) in one process: each step averages the ranks'
     gradients (a rank that returned None contributes zero), as DDP's all-reduce does."""
     torch.manual_seed(0)
     net = nn.Linear(3, 1)
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(16, 3, generator=g)
-    y = x.sum(-1) + 0.1 * torch.randn(16, generator=g)
-    # Lightning gives a training loader a shuffling DistributedSampler (seed 0) on each rank
-    rank_indices = [
-        list(DistributedSampler(range(16), num_replicas=2, rank=rank, shuffle=True, seed=0))
-        for rank in (0, 1)
-    ]
+    x, y, rank_indices = regression_batches()
     for step in range(steps):
         grads = [torch.zeros_like(p) for p in net.parameters()]
         for rank in (0, 1):
@@ -179,13 +185,7 @@ def test_per_key_optimizers_under_ddp_equal_a_single_process_replay(tmp_path):
     assert [r["exception"] for r in ranks] == [None, None]
     assert ranks[0]["params"] == ranks[1]["params"]
     net = two_heads()
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(16, 3, generator=g)
-    y = x.sum(-1) + 0.1 * torch.randn(16, generator=g)
-    rank_indices = [
-        list(DistributedSampler(range(16), num_replicas=2, rank=rank, shuffle=True, seed=0))
-        for rank in (0, 1)
-    ]
+    x, y, rank_indices = regression_batches()
     routes = [
         ([*net[0].parameters(), *net[1].parameters()], "t0", 0.1),
         (list(net[2].parameters()), "t1", 0.2),

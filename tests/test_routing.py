@@ -235,11 +235,14 @@ def test_reduce_on_plateau_gets_its_monitor_through_the_route_proxy():
     def plateau(m):
         seg = torch.optim.SGD(m.seg.parameters(), lr=1.0)
         # mode="max" on a falling loss: every epoch after the first is "no improvement"
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(seg, mode="max", factor=0.5,
-                                                               patience=0)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            seg, mode="max", factor=0.5, patience=0
+        )
         return {
-            "seg": {"optimizer": seg,
-                    "lr_scheduler": {"scheduler": scheduler, "monitor": "train/loss_epoch"}},
+            "seg": {
+                "optimizer": seg,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": "train/loss_epoch"},
+            },
             "loss": torch.optim.SGD([*m.trunk.parameters(), *m.depth.parameters()], lr=0.01),
         }
 
