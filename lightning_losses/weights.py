@@ -26,20 +26,12 @@ class WeightPlan:
 
     def __init__(self, names: tuple[str, ...], values: list[WeightValue]) -> None:
         self.names = names
-        self._values = values
         self._schedules = [(i, v) for i, v in enumerate(values) if callable(v)]
         self._constants = [0.0 if callable(v) else float(v) for v in values]
-        #: Whether no weight is a schedule: the total is then linear in the terms with fixed
-        #: coefficients, so it can be derived from their sums.
-        self.constant = not self._schedules
         #: Positions whose weight is not the constant 1: these are logged as ``weight/<term>``.
         self.logged = tuple(i for i, v in enumerate(values) if callable(v) or float(v) != 1.0)
         self.all_ones = not self.logged
         self._device_constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-
-    @property
-    def constants(self) -> list[float]:
-        return list(self._constants)
 
     def vector(self, step: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         """The weight of each term at ``step``, as a 1-D tensor on ``device``."""
@@ -90,9 +82,6 @@ class LossWeights:
         self._resolved: dict[str, WeightValue] = {}
         self._matched: set[str] = set()
         self._plans: dict[tuple[str, ...], WeightPlan] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self._exact or self._patterns)
 
     @property
     def has_schedules(self) -> bool:
