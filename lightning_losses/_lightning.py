@@ -49,3 +49,15 @@ def publish_step_metrics(
     connector._progress_bar_metrics.update(
         {name: value for name, value in metrics.items() if name in progress_bar}
     )
+
+
+def configured_by_cli() -> bool:
+    """Whether ``LightningCLI`` is constructing the module right now.
+
+    Then ``save_hyperparameters`` stores the CLI's own config (module arguments as
+    ``class_path`` dicts) and ``load_from_checkpoint`` rebuilds through the CLI's instantiator,
+    so nothing needs to be left out or replaced (see hparams.py).
+    """
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+    return _given_hyperparameters.get() is not None

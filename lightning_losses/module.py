@@ -11,17 +11,19 @@ from __future__ import annotations
 import functools
 import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_losses import _lightning, collectives, routing
+from lightning_losses import _lightning, collectives, hparams, routing
+from lightning_losses.diagnostics import GradientDiagnostics, diagnostic_names, gradient_statistics
 from lightning_losses.plan import StepPlan
 from lightning_losses.terms import (
     TOTAL,
@@ -32,7 +34,7 @@ from lightning_losses.terms import (
     no_terms_message,
     parse_output,
 )
-from lightning_losses.tracking import KeyRegistry, MeanAccumulator, Reduced
+from lightning_losses.tracking import KeyRegistry, MeanAccumulator, Reduced, accumulator_dtype
 from lightning_losses.weights import LossWeights, WeightValue
 
 Stage = Literal["train", "val", "test"]
@@ -72,6 +74,12 @@ class LossDictModule(pl.LightningModule):
         lr_scheduler: ``optimizer -> scheduler`` (or a Lightning scheduler dict), likewise.
         nonfinite: ``"raise"``, ``"skip"`` or ``"off"``: what a non-finite loss term does.
         prog_bar: names (without ``train/``) shown in the progress bar at each write.
+        grad_diagnostics_every_n_steps: log each term's gradient norm on the shared parameters
+            (``grad_norm/<term>``) and the cosine between every two terms' gradients
+            (``grad_cos/<a>|<b>``) every this many steps; ``None`` (default) never.
+        shared_parameters: qualified-name prefixes (``"trunk"``, ``["backbone", "neck"]``) of the
+            parameters the gradient diagnostics look at; default: every trainable parameter that
+            two or more terms reach.
 
     If you override ``on_train_epoch_end``, ``on_validation_epoch_start/end``,
     ``on_test_epoch_start/end`` or ``on_before_optimizer_step``, call ``super()`` there.
@@ -88,8 +96,16 @@ class LossDictModule(pl.LightningModule):
         lr_scheduler: SchedulerFactory | None = None,
         nonfinite: NonFinite = "raise",
         prog_bar: Iterable[str] = (TOTAL,),
+        grad_diagnostics_every_n_steps: int | None = None,
+        shared_parameters: str | Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        # So that load_from_checkpoint needs no arguments (see hparams.py for what is stored).
+        self._configured_by_cli = _lightning.configured_by_cli()
+        self.save_hyperparameters(
+            ignore=[] if self._configured_by_cli else list(hparams.MODULE_ARGUMENTS)
+        )
+        self._unpicklable_hparams: set[str] = set()
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model is {describe(model)}; expected an nn.Module or None")
         if weighting is not None and not isinstance(weighting, nn.Module):
@@ -101,6 +117,9 @@ class LossDictModule(pl.LightningModule):
             raise ValueError(
                 f"nonfinite={nonfinite!r}; expected one of {', '.join(map(repr, NONFINITE_MODES))}"
             )
+        for module in (model, weighting):
+            if module is not None and hparams.is_skeleton(module):
+                hparams.materialize(module)  # a skeleton from a checkpoint's hyperparameters
         self.model = model
         self.weighting = weighting
         self.optimizer_factory = optimizer
@@ -110,6 +129,12 @@ class LossDictModule(pl.LightningModule):
         self._select = KeySelector(loss_keys)
         self._weights = LossWeights(loss_weights)
         self._prog_bar = frozenset(f"train/{name}" for name in prog_bar)
+        self._diagnostics = (
+            GradientDiagnostics(grad_diagnostics_every_n_steps, shared_parameters)
+            if grad_diagnostics_every_n_steps is not None
+            else None
+        )
+        self._diagnostic_slots: dict[tuple[str, ...], tuple[int, tuple[str, ...], Tensor]] = {}
 
         self._registry = KeyRegistry()
         # Only the window is updated per step; it drains into the epoch accumulator when it is
@@ -230,7 +255,38 @@ class LossDictModule(pl.LightningModule):
             if self.nonfinite == "skip" and self._skip_nonfinite(losses):
                 return self._nothing_to_learn(skipped=True)
         self._record(stage, parsed, plan, losses, total, batch, weights, step)
+        if training and self._diagnostics is not None and self._diagnostics.due(step):
+            self._diagnose(plan.terms, list(parsed.terms.values()))
         return _step_output(objective, parsed)
+
+    def _diagnose(self, names: tuple[str, ...], terms: list[Tensor]) -> None:
+        """Record gradient norms and cosines on the shared parameters (see diagnostics.py)."""
+        assert self._diagnostics is not None
+        if not torch.is_grad_enabled() or not any(t.requires_grad for t in terms):
+            return
+        params = self._diagnostics.parameters(self, names, terms)
+        if not params:
+            if names not in self._diagnostic_slots:
+                self._diagnostic_slots[names] = (-1, (), torch.empty(0))
+                rank_zero_warn(
+                    f"gradient diagnostics: no trainable parameter is reached by two or more of "
+                    f"the terms {list(names)}; pass shared_parameters= to name the shared ones"
+                )
+            return
+        values = gradient_statistics(terms, params).detach()
+        values = values.to(accumulator_dtype(values.device))
+        cached = self._diagnostic_slots.get(names)
+        version = self._registry.version
+        if cached is None or cached[0] != version or cached[2].device != values.device:
+            logged = diagnostic_names(names)
+            slots = self._registry.slots(logged, ["diagnostic"] * len(logged))
+            cached = (
+                version,
+                logged,
+                torch.tensor(slots, dtype=torch.long, device=values.device),
+            )
+            self._diagnostic_slots[names] = cached
+        self._window.update(cached[1], cached[2], values)
 
     # ------------------------------------------------------------------ recording
 
@@ -492,6 +548,43 @@ class LossDictModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[_CHECKPOINT_KEY] = {"skipped_steps": self.skipped_steps}
+        stored = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
+        if stored is not None:
+            modules = (
+                {}
+                if self._configured_by_cli
+                else {"model": self.model, "weighting": self.weighting}
+            )
+            checkpoint[self.CHECKPOINT_HYPER_PARAMS_KEY] = hparams.with_skeletons(
+                stored, modules, self._unpicklable_hparams
+            )
+
+    @_restricted_classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Lightning's ``load_from_checkpoint``, with ``weights_only`` defaulting to ``False``.
+
+        A checkpoint's hyperparameters hold a wrapped model's and a weighting's classes (their
+        skeletons, see hparams.py) and any picklable factory: rebuilding them means unpickling
+        code, which torch's ``weights_only=True`` default refuses. ``Trainer.fit(ckpt_path=)``
+        defaults to ``False`` for the same reason. Load only checkpoints you trust; for others
+        pass ``weights_only=True`` (enough for a subclass whose arguments are plain values).
+        """
+        return super().load_from_checkpoint(
+            checkpoint_path,
+            map_location=map_location,
+            hparams_file=hparams_file,
+            strict=strict,
+            weights_only=False if weights_only is None else weights_only,
+            **kwargs,
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(_CHECKPOINT_KEY, {})

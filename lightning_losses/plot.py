@@ -18,6 +18,12 @@ import matplotlib.pyplot as plt
 
 Series = dict[str, list[tuple[int, float]]]
 STAGES = ("train", "val", "test")
+#: Prefixes whose names share one panel (a curve per term), in the order they are drawn, last.
+SHARED_PANELS = {
+    "weight": "weights",
+    "grad_norm": "gradient norm per term",
+    "grad_cos": "gradient cosine per pair",
+}
 
 
 def read_csv_run(log_dir: str | Path) -> Series:
@@ -57,17 +63,19 @@ def read_run(log_dir: str | Path) -> Series:
 
 def panels(series: Series) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """Group logged names into panels: one per loss or metric (train, val, test and epoch curves
-    together), the total first, all weights in one panel last."""
+    together), the total first; then one panel each for the weights, the gradient norms and the
+    gradient cosines."""
     grouped: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(dict)
     for name, points in series.items():
         stage, _, term = name.partition("/")
-        if stage == "weight" and term:
-            grouped["weights"][term] = points
+        if stage in SHARED_PANELS and term:
+            grouped[SHARED_PANELS[stage]][term] = points
         elif stage in STAGES and term:
             epoch = term.endswith("_epoch")
             base = term.removesuffix("_epoch")
             grouped[base][f"{stage}{' (epoch)' if epoch else ''}"] = points
-    order = sorted(grouped, key=lambda k: (k != "loss", k == "weights", k))
+    last = list(SHARED_PANELS.values())
+    order = sorted(grouped, key=lambda k: (k != "loss", last.index(k) if k in last else -1, k))
     return {key: grouped[key] for key in order}
 
 
@@ -75,7 +83,7 @@ def plot_series(series: Series, out: str | Path, title: str = "") -> Path:
     """Draw ``series`` into one PNG with a panel per loss; returns the file written."""
     groups = panels(series)
     if not groups:
-        raise ValueError(f"no train/, val/, test/ or weight/ values to plot in {sorted(series)}")
+        raise ValueError(f"no train/, val/ or test/ values to plot in {sorted(series)}")
     columns = min(3, len(groups))
     rows = math.ceil(len(groups) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)

@@ -1,0 +1,123 @@
+"""Gradient diagnostics: are my tasks fighting?
+
+Every ``N`` steps, the gradient of each loss term with respect to the *shared* parameters (by
+default every trainable parameter that two or more terms reach) is computed with
+``torch.autograd.grad``, and two things are logged: each term's gradient norm
+(``grad_norm/<term>``) and the cosine between each pair of terms' gradients
+(``grad_cos/<a>|<b>``: near -1 the tasks pull the shared parameters in opposite directions).
+
+``autograd.grad`` neither writes ``.grad`` nor fires DDP's gradient hooks, so the step that follows
+is exactly the step that would have run without diagnostics; only the steps where diagnostics run
+pay for them (one extra backward per term through the shared part of the graph). The values are
+recorded into the same on-device accumulators as the losses: no host sync, and under DDP they are
+the mean over ranks (of each rank's own batch gradients) in the write's one collective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lightning_losses.routing import reached_parameters
+from lightning_losses.terms import describe
+
+NORM_PREFIX = "grad_norm"
+COSINE_PREFIX = "grad_cos"
+PAIR_SEPARATOR = "|"
+
+
+def diagnostic_names(terms: Sequence[str]) -> tuple[str, ...]:
+    """The logged names for ``terms``, in the order :func:`gradient_statistics` returns values."""
+    norms = [f"{NORM_PREFIX}/{t}" for t in terms]
+    pairs = [
+        f"{COSINE_PREFIX}/{a}{PAIR_SEPARATOR}{b}"
+        for i, a in enumerate(terms)
+        for b in terms[i + 1 :]
+    ]
+    return tuple(norms + pairs)
+
+
+def gradient_statistics(losses: Sequence[Tensor], params: Sequence[Tensor]) -> Tensor:
+    """Each loss's gradient norm on ``params``, then the cosine of every pair (``i < j``).
+
+    The functional core, without a trainer: a 1-D tensor of ``K + K(K-1)/2`` values. A loss that
+    does not reach the parameters has a zero gradient: norm 0, cosine 0 with everything.
+    The Gram matrix is accumulated parameter by parameter, in float32 at least, so no ``K x P``
+    matrix is ever materialised beyond the gradients themselves.
+    """
+    k = len(losses)
+    grads = [
+        torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) for loss in losses
+    ]
+    dtype = torch.promote_types(params[0].dtype, torch.float32) if params else torch.float32
+    device = losses[0].device if losses else torch.device("cpu")
+    gram = torch.zeros(k, k, dtype=dtype, device=device)
+    for j, param in enumerate(params):
+        per_term = [g[j] for g in grads]
+        if all(g is None for g in per_term):
+            continue
+        stacked = torch.stack(
+            [
+                (g if g is not None else torch.zeros_like(param)).reshape(-1).to(dtype)
+                for g in per_term
+            ]
+        ).to(device)
+        gram += stacked @ stacked.T
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    upper = torch.triu_indices(k, k, offset=1, device=device)
+    denominator = (norms[upper[0]] * norms[upper[1]]).clamp_min(torch.finfo(dtype).tiny)
+    cosines = gram[upper[0], upper[1]] / denominator
+    return torch.cat((norms, cosines))
+
+
+class GradientDiagnostics:
+    """When to run the diagnostics, and on which parameters (cached per key set)."""
+
+    def __init__(self, every_n_steps: int, shared: str | Iterable[str] | None = None) -> None:
+        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int):
+            raise TypeError(
+                f"grad_diagnostics_every_n_steps is {describe(every_n_steps)}; expected a "
+                "positive int or None"
+            )
+        if every_n_steps < 1:
+            raise ValueError(
+                f"grad_diagnostics_every_n_steps={every_n_steps}; expected a positive int or None"
+            )
+        self.every_n_steps = every_n_steps
+        self.prefixes = (shared,) if isinstance(shared, str) else tuple(shared or ())
+        for prefix in self.prefixes:
+            if not isinstance(prefix, str):
+                raise TypeError(
+                    f"shared_parameters entry {prefix!r} is {describe(prefix)}; expected a "
+                    "qualified parameter-name prefix such as 'trunk' or 'backbone.layer4'"
+                )
+        self._params: dict[tuple[str, ...], list[nn.Parameter]] = {}
+
+    def due(self, step: int) -> bool:
+        return step % self.every_n_steps == 0
+
+    def parameters(
+        self, module: nn.Module, terms: tuple[str, ...], losses: Sequence[Tensor]
+    ) -> list[nn.Parameter]:
+        """The shared parameters for this key set: named by prefix, or reached by 2+ terms."""
+        params = self._params.get(terms)
+        if params is None:
+            named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+            if self.prefixes:
+                params = [p for n, p in named if _under_any(n, self.prefixes)]
+                if not params:
+                    raise ValueError(
+                        f"shared_parameters={list(self.prefixes)} matched no trainable parameter; "
+                        f"expected prefixes of names such as {[n for n, _ in named[:3]]}"
+                    )
+            else:
+                reach = [reached_parameters(loss) for loss in losses]
+                params = [p for _, p in named if sum(id(p) in r for r in reach) >= 2]
+            self._params[terms] = params
+        return params
+
+
+def _under_any(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
