@@ -75,11 +75,11 @@ def test_named_shared_parameters_and_bad_options():
     [g] = torch.autograd.grad(losses["seg"], [fresh.trunk.weight])
     assert logger.series("grad_norm/seg")[0][1] == pytest.approx(g.norm().item(), rel=1e-6)
 
-    with pytest.raises(ValueError, match="shared_parameters=.*'head'.*matched no trainable"):
+    with pytest.raises(ValueError, match=r"shared_parameters=.*'head'.*matched no trainable"):
         make_trainer(None, max_steps=1).fit(
             MultiTask(grad_diagnostics_every_n_steps=1, shared_parameters="head"), data
         )
     with pytest.raises(ValueError, match="grad_diagnostics_every_n_steps=0"):
         MultiTask(grad_diagnostics_every_n_steps=0)
-    with pytest.raises(TypeError, match="grad_diagnostics_every_n_steps is .*str"):
+    with pytest.raises(TypeError, match=r"grad_diagnostics_every_n_steps is .*str"):
         MultiTask(grad_diagnostics_every_n_steps="10")
