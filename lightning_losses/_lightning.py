@@ -40,7 +40,7 @@ def publish_step_metrics(
     """
     if not metrics:
         return
-    tensors = {name: torch.tensor(value) for name, value in metrics.items()}
+    tensors = {name: torch.tensor(value, dtype=torch.float64) for name, value in metrics.items()}
     connector = trainer._logger_connector
     connector.log_metrics(tensors)
     # callback_metrics feed ModelCheckpoint / EarlyStopping monitors; the property returns the

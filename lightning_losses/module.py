@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_losses import _lightning, collectives, hparams, routing
+from lightning_losses import _lightning, collectives, hparams, routing, summaries
 from lightning_losses.diagnostics import GradientDiagnostics, diagnostic_names, gradient_statistics
 from lightning_losses.plan import StepPlan
 from lightning_losses.terms import (
@@ -150,6 +150,7 @@ class LossDictModule(pl.LightningModule):
         self._checked_unmatched = False
         self._drop_gradients = False
         self._quieted: set[str] = set()
+        self._summarized: set[str] = set()
         self._router: routing.Router | None = None
         #: Training steps skipped for non-finite losses (``nonfinite="skip"``), over all epochs.
         self.skipped_steps = 0
@@ -414,7 +415,22 @@ class LossDictModule(pl.LightningModule):
         metrics = reduced.means
         if self.nonfinite == "skip":
             metrics["train/skipped_steps"] = float(self.skipped_steps)
+        self._define_summaries(metrics)
         _lightning.publish_step_metrics(self.trainer, metrics, self._prog_bar)
+
+    def _define_summaries(self, metrics: Mapping[str, float]) -> None:
+        """Give loss names their ``min`` summary in W&B, once each, before their first write."""
+        if metrics.keys() <= self._summarized:
+            return
+        kind_of = self._registry.kind_of
+        new = [
+            name
+            for name in metrics
+            if name not in self._summarized
+            and (kind_of.get(name) or kind_of.get(name.removesuffix("_epoch"))) in ("term", "total")
+        ]
+        self._summarized.update(metrics)
+        summaries.define_min_summaries(self.trainer, new)
 
     def _total_recipes(self, registry: KeyRegistry) -> dict[str, dict[str, float]]:
         """Each stage's total as a weighted sum of its terms, over every term any rank has seen.
@@ -451,6 +467,7 @@ class LossDictModule(pl.LightningModule):
     def _log_epoch(self, metrics: Mapping[str, float]) -> None:
         # self.log (not a direct logger write) so that trainer.validate()/test() return these
         # values and callbacks can monitor them; the values are already means over all ranks.
+        self._define_summaries(metrics)
         for name, value in metrics.items():
             if name not in self._quieted:
                 self._quieted.add(name)

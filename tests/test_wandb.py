@@ -8,7 +8,7 @@ import pytest
 from conftest import MemoryLogger, MultiTask, make_trainer, multitask_data
 
 wandb = pytest.importorskip("wandb")
-from wandb_offline import history  # noqa: E402
+from wandb_offline import history, metric_definitions  # noqa: E402
 
 
 def test_every_term_reaches_the_offline_run_with_the_same_values(tmp_path, monkeypatch):
@@ -43,6 +43,15 @@ def test_every_term_reaches_the_offline_run_with_the_same_values(tmp_path, monke
     )
     for key in expected:
         assert logged[key] == [(s, pytest.approx(v, rel=1e-6)) for s, v in expected[key]], key
+
+    # losses (terms and totals, step and epoch) get a min summary on the trainer's step axis;
+    # metrics and weights keep W&B's default (last value)
+    definitions = metric_definitions(run_file)
+    losses = {k for k in expected if k.split("/")[0] in ("train", "val")}
+    assert losses == {k for k, d in definitions.items() if d.summary.min}
+    for name in losses:
+        assert definitions[name].step_metric == "trainer/global_step", name
+    assert "weight/depth" not in definitions
 
 
 def test_importing_the_package_does_not_import_wandb():
