@@ -12,7 +12,9 @@ writes CSV logs under ``runs/multitask`` and draws one panel per loss into
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -34,13 +36,44 @@ def synthetic_tasks(n: int, seed: int) -> TensorDataset:
     return TensorDataset(x, seg, depth)
 
 
+class SyntheticTasks(L.LightningDataModule):
+    """Train and validation splits of :func:`synthetic_tasks`."""
+
+    def __init__(self, batch_size: int = 64, train_size: int = 2048) -> None:
+        super().__init__()
+        self.batch_size, self.train_size = batch_size, train_size
+
+    def train_dataloader(self) -> DataLoader:
+        data = synthetic_tasks(self.train_size, seed=0)
+        return DataLoader(data, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(synthetic_tasks(512, seed=1), batch_size=128)
+
+
 class MultiTask(LossDictModule):
-    def __init__(self, depth_weight: float = 0.5, lr: float = 3e-3) -> None:
+    """Every ``LossDictModule`` option (``loss_weights``, ``optimizer``, ``weighting``, ...) passes
+    through ``**options``, so LightningCLI can set them from YAML (examples/configs/)."""
+
+    def __init__(
+        self,
+        hidden: int = 64,
+        loss_keys: list[str] | None = None,
+        loss_weights: dict[str, float] | None = None,
+        **options: Any,
+    ) -> None:
+        if options.get("optimizer") is None:
+            options["optimizer"] = functools.partial(torch.optim.Adam, lr=3e-3)
         # `acc` is a 0-dim float tensor too: naming the loss terms keeps it a metric.
-        super().__init__(loss_keys=["seg", "depth"], loss_weights={"depth": depth_weight})
-        self.lr = lr
-        self.trunk = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
-        self.seg_head, self.depth_head = nn.Linear(64, 4), nn.Linear(64, 1)
+        super().__init__(
+            loss_keys=loss_keys or ["seg", "depth"],
+            loss_weights={"depth": 0.5} if loss_weights is None else loss_weights,
+            **options,
+        )
+        self.trunk = nn.Sequential(
+            nn.Linear(16, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
+        self.seg_head, self.depth_head = nn.Linear(hidden, 4), nn.Linear(hidden, 1)
 
     def forward(self, batch):
         x, seg, depth = batch
@@ -52,9 +85,6 @@ class MultiTask(LossDictModule):
             "acc": (logits.argmax(-1) == seg).float().mean(),
         }
 
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -63,8 +93,6 @@ def main() -> None:
     args = parser.parse_args()
 
     L.seed_everything(0, verbose=False)
-    train = DataLoader(synthetic_tasks(2048, seed=0), batch_size=64, shuffle=True)
-    val = DataLoader(synthetic_tasks(512, seed=1), batch_size=128)
     logger = CSVLogger(args.out, name="", version="")
     trainer = L.Trainer(
         max_epochs=args.epochs,
@@ -74,7 +102,8 @@ def main() -> None:
         enable_model_summary=False,
         accelerator="cpu",
     )
-    trainer.fit(MultiTask(), train, val)
+    # Gradient diagnostics every 8 steps: are the two tasks pulling the trunk apart?
+    trainer.fit(MultiTask(grad_diagnostics_every_n_steps=8), datamodule=SyntheticTasks())
     final = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if "val/" in k}
     print(f"final validation: {final}")
     print(f"per-loss logs: {Path(logger.log_dir) / 'metrics.csv'}")

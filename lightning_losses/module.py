@@ -21,6 +21,7 @@ from lightning.pytorch.utilities.data import extract_batch_size
 from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from lightning_losses import _lightning, collectives, hparams, routing, summaries
 from lightning_losses.diagnostics import GradientDiagnostics, diagnostic_names, gradient_statistics
@@ -41,7 +42,8 @@ Stage = Literal["train", "val", "test"]
 NonFinite = Literal["raise", "skip", "off"]
 NONFINITE_MODES = ("raise", "skip", "off")
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
-SchedulerFactory = Callable[[Optimizer], Any]
+# Class return types let LightningCLI build these from ``class_path`` + ``init_args``.
+SchedulerFactory = Callable[[Optimizer], LRScheduler | ReduceLROnPlateau | Mapping[str, Any]]
 StepOutput = Tensor | dict[str, Any] | None
 
 _CHECKPOINT_KEY = "lightning_losses"

@@ -197,6 +197,20 @@ class TwoHeads(LossDictModule):
         }
 
 
+class DiagnosedHeads(LossDictModule):
+    """One optimizer, gradient diagnostics at every step: the trunk is shared by both terms."""
+
+    def __init__(self) -> None:
+        super().__init__(grad_diagnostics_every_n_steps=1)
+        self.net = two_heads()
+
+    def forward(self, batch: Any) -> Any:
+        return two_head_losses(self.net, batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
 def two_heads() -> nn.ModuleList:
     torch.manual_seed(0)
     return nn.ModuleList([nn.Linear(3, 4), nn.Linear(4, 1), nn.Linear(4, 1)])
@@ -277,6 +291,9 @@ def scenario(name: str) -> tuple[L.LightningModule, dict[str, Any], dict[str, An
         )
     if name == "routes":
         return TwoHeads(), dict(train_dataloaders=regression_data()), dict(max_steps=4)
+    if name == "diagnostics":
+        data = dict(train_dataloaders=regression_data())
+        return DiagnosedHeads(), data, dict(max_steps=4, log_every_n_steps=2)
     if name.startswith("count_"):
         module = {"count_ours": ManyTerms, "count_plain": PlainManyTerms, "count_hand": HandSynced}[
             name

@@ -207,6 +207,46 @@ def test_per_key_optimizers_under_ddp_equal_a_single_process_replay(tmp_path):
     assert ranks[0]["params"] == pytest.approx(expected, abs=1e-6)
 
 
+def test_gradient_diagnostics_under_ddp_are_rank_means_and_leave_training_unchanged(tmp_path):
+    from ddp_job import two_head_losses, two_heads
+
+    ranks = run_job("diagnostics", tmp_path)
+    assert [r["exception"] for r in ranks] == [None, None]
+    assert ranks[0]["params"] == ranks[1]["params"]
+    net = two_heads()
+    params, trunk = list(net.parameters()), list(net[0].parameters())
+    x, y, rank_indices = regression_batches()
+    seen: list[list[float]] = []  # per (step, rank): norm t0, norm t1, cosine
+    for step in range(4):
+        grads = [torch.zeros_like(p) for p in params]
+        for rank in (0, 1):
+            index = rank_indices[rank][2 * step : 2 * step + 2]
+            losses = two_head_losses(net, (x[index], y[index]))
+            g0, g1 = (
+                torch.cat(
+                    [g.flatten() for g in torch.autograd.grad(losses[k], trunk, retain_graph=True)]
+                )
+                for k in ("t0", "t1")
+            )
+            seen.append(
+                [g0.norm().item(), g1.norm().item(), (g0 @ g1 / g0.norm() / g1.norm()).item()]
+            )
+            for acc, grad in zip(grads, torch.autograd.grad(losses["t0"] + losses["t1"], params)):
+                acc += grad / 2  # DDP's average of the total's gradient
+        with torch.no_grad():
+            for p, grad in zip(params, grads):
+                p -= 0.1 * grad
+    expected = torch.cat([p.detach().flatten() for p in net.parameters()]).tolist()
+    assert ranks[0]["params"] == pytest.approx(expected, abs=1e-6)
+    logged = {step: m for step, m in ranks[0]["logged"] if "grad_norm/t0" in m}
+    assert sorted(logged) == [1, 3]
+    for write, first in ((1, 0), (3, 4)):  # a window is 2 steps x 2 ranks
+        window = seen[first : first + 4]
+        means = [statistics.fmean(column) for column in zip(*window)]
+        names = ["grad_norm/t0", "grad_norm/t1", "grad_cos/t0|t1"]
+        assert [logged[write][n] for n in names] == pytest.approx(means, rel=1e-5)
+
+
 # ---------------------------------------------------------------- cost
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py"))
+# cli.py needs a subcommand and a config: tests/test_cli.py runs it
+SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py") if p.name != "cli.py")
 
 
 def run(script: str, *args: str, cwd: Path) -> str:
@@ -50,3 +51,17 @@ def test_main_example_writes_per_loss_logs_and_curves(tmp_path):
     } <= columns
     assert (run_dir / "curves.png").stat().st_size > 10_000
     assert "per-loss curves" in out
+
+    # the plot command draws the same run again, with a panel per loss and the gradient panels
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "lightning_losses", "plot", str(run_dir), "-o", "again.png"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "again.png").stat().st_size > 10_000
+    from lightning_losses.plot import panels, read_run
+
+    drawn = panels(read_run(run_dir))
+    assert list(drawn)[:4] == ["loss", "acc", "depth", "seg"]
+    assert set(drawn["seg"]) == {"train", "train (epoch)", "val"}
+    assert set(drawn["gradient cosine per pair"]) == {"seg|depth"}
+    assert set(drawn["weights"]) == {"depth"}
