@@ -15,12 +15,12 @@ the mean over ranks (of each rank's own batch gradients) in the write's one coll
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from lightning_losses.routing import reached_parameters
+from lightning_losses.shared import Prefixes, SharedParameters
 from lightning_losses.terms import describe
 
 NORM_PREFIX = "grad_norm"
@@ -73,9 +73,9 @@ def gradient_statistics(losses: Sequence[Tensor], params: Sequence[Tensor]) -> T
 
 
 class GradientDiagnostics:
-    """When to run the diagnostics, and on which parameters (cached per key set)."""
+    """When to run the diagnostics, and on which parameters."""
 
-    def __init__(self, every_n_steps: int, shared: str | Iterable[str] | None = None) -> None:
+    def __init__(self, every_n_steps: int, shared: Prefixes = None) -> None:
         if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int):
             raise TypeError(
                 f"grad_diagnostics_every_n_steps is {describe(every_n_steps)}; expected a "
@@ -86,38 +86,7 @@ class GradientDiagnostics:
                 f"grad_diagnostics_every_n_steps={every_n_steps}; expected a positive int or None"
             )
         self.every_n_steps = every_n_steps
-        self.prefixes = (shared,) if isinstance(shared, str) else tuple(shared or ())
-        for prefix in self.prefixes:
-            if not isinstance(prefix, str):
-                raise TypeError(
-                    f"shared_parameters entry {prefix!r} is {describe(prefix)}; expected a "
-                    "qualified parameter-name prefix such as 'trunk' or 'backbone.layer4'"
-                )
-        self._params: dict[tuple[str, ...], list[nn.Parameter]] = {}
+        self.parameters = SharedParameters(shared)
 
     def due(self, step: int) -> bool:
         return step % self.every_n_steps == 0
-
-    def parameters(
-        self, module: nn.Module, terms: tuple[str, ...], losses: Sequence[Tensor]
-    ) -> list[nn.Parameter]:
-        """The shared parameters for this key set: named by prefix, or reached by 2+ terms."""
-        params = self._params.get(terms)
-        if params is None:
-            named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-            if self.prefixes:
-                params = [p for n, p in named if _under_any(n, self.prefixes)]
-                if not params:
-                    raise ValueError(
-                        f"shared_parameters={list(self.prefixes)} matched no trainable parameter; "
-                        f"expected prefixes of names such as {[n for n, _ in named[:3]]}"
-                    )
-            else:
-                reach = [reached_parameters(loss) for loss in losses]
-                params = [p for _, p in named if sum(id(p) in r for r in reach) >= 2]
-            self._params[terms] = params
-        return params
-
-
-def _under_any(name: str, prefixes: tuple[str, ...]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)

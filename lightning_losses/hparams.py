@@ -1,8 +1,8 @@
 """Hyperparameters that make ``load_from_checkpoint`` work without arguments, in both modes.
 
 Lightning's ``save_hyperparameters`` stores the constructor's arguments, which is all a subclass
-needs. Two of ours are modules (the wrapped ``model`` and the ``weighting``), and two can be
-lambdas (``optimizer``, schedule weights):
+needs. Some of ours are modules (the wrapped ``model``, the ``weighting``, a torchjd
+``aggregator``), and some can be lambdas (``optimizer``, schedule weights):
 
 * Modules in ``hparams`` would be deep-copied at construction (doubling a detector's memory) and
   pickled with their weights into every checkpoint, beside the same weights in the state dict.
@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 #: Constructor arguments that are modules, stored as skeletons (see the module docstring).
-MODULE_ARGUMENTS = ("model", "weighting")
+MODULE_ARGUMENTS = ("model", "weighting", "aggregator")
 _SKELETON_MARK = "_lightning_losses_skeleton"
 
 

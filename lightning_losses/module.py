@@ -23,9 +23,10 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from lightning_losses import _lightning, collectives, hparams, routing, summaries
+from lightning_losses import _lightning, aggregation, collectives, hparams, routing, summaries
 from lightning_losses.diagnostics import GradientDiagnostics, diagnostic_names, gradient_statistics
 from lightning_losses.plan import StepPlan
+from lightning_losses.shared import SharedParameters
 from lightning_losses.terms import (
     TOTAL,
     KeySelector,
@@ -72,6 +73,9 @@ class LossDictModule(pl.LightningModule):
         weighting: an ``nn.Module`` that computes per-term weights (see
             :class:`~lightning_losses.weighting.Weighting`); trained and checkpointed with the
             model.
+        aggregator: combines the terms' gradients on the shared parameters: a callable from
+            the ``[K, P]`` Jacobian to a ``[P]`` gradient, such as torchjd's ``UPGrad()``
+            (see :mod:`lightning_losses.aggregation`).
         optimizer: ``params -> Optimizer``, used by the default ``configure_optimizers``.
         lr_scheduler: ``optimizer -> scheduler`` (or a Lightning scheduler dict), likewise.
         nonfinite: ``"raise"``, ``"skip"`` or ``"off"``: what a non-finite loss term does.
@@ -80,8 +84,8 @@ class LossDictModule(pl.LightningModule):
             (``grad_norm/<term>``) and the cosine between every two terms' gradients
             (``grad_cos/<a>|<b>``) every this many steps; ``None`` (default) never.
         shared_parameters: qualified-name prefixes (``"trunk"``, ``["backbone", "neck"]``) of the
-            parameters the gradient diagnostics look at; default: every trainable parameter that
-            two or more terms reach.
+            parameters that gradient diagnostics and ``aggregator`` look at; default: every
+            trainable parameter that two or more terms reach.
 
     If you override ``on_train_epoch_end``, ``on_validation_epoch_start/end``,
     ``on_test_epoch_start/end`` or ``on_before_optimizer_step``, call ``super()`` there.
@@ -94,6 +98,7 @@ class LossDictModule(pl.LightningModule):
         loss_keys: LossKeys = None,
         loss_weights: Mapping[str, WeightValue] | None = None,
         weighting: nn.Module | None = None,
+        aggregator: Callable[[Tensor], Tensor] | None = None,
         optimizer: OptimizerFactory | None = None,
         lr_scheduler: SchedulerFactory | None = None,
         nonfinite: NonFinite = "raise",
@@ -112,6 +117,17 @@ class LossDictModule(pl.LightningModule):
             raise TypeError(f"model is {describe(model)}; expected an nn.Module or None")
         if weighting is not None and not isinstance(weighting, nn.Module):
             raise TypeError(f"weighting is {describe(weighting)}; expected an nn.Module or None")
+        if aggregator is not None and not callable(aggregator):
+            raise TypeError(
+                f"aggregator is {describe(aggregator)}; expected a callable [K, P] -> [P] such as "
+                "torchjd.aggregation.UPGrad() or None"
+            )
+        if aggregator is not None and weighting is not None:
+            raise ValueError(
+                f"weighting={type(weighting).__name__}(...) and aggregator={aggregator!r} both "
+                "decide how the terms combine; expected one of them (static loss_weights still "
+                "scale the terms before aggregation)"
+            )
         for name, factory in (("optimizer", optimizer), ("lr_scheduler", lr_scheduler)):
             if factory is not None and not callable(factory):
                 raise TypeError(f"{name} is {describe(factory)}; expected a callable or None")
@@ -124,6 +140,9 @@ class LossDictModule(pl.LightningModule):
                 hparams.materialize(module)  # a skeleton from a checkpoint's hyperparameters
         self.model = model
         self.weighting = weighting
+        self._weighting_bound = False
+        self.aggregator = aggregator
+        self._aggregated = SharedParameters(shared_parameters)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.nonfinite = nonfinite
@@ -236,31 +255,66 @@ class LossDictModule(pl.LightningModule):
             weights = plan.weights.vector(step, losses.device, losses.dtype)
         penalty = None
         if self.weighting is not None:
+            if training and not self._weighting_bound:
+                self._weighting_bound = True
+                bind = getattr(self.weighting, "bind", None)  # any nn.Module may weigh
+                if bind is not None:
+                    bind(self)
             learned = self.weighting(losses, plan.terms).to(losses.dtype)
             weights = learned if weights is None else weights * learned
-            penalty_of = getattr(self.weighting, "penalty", None)  # any nn.Module may weigh
+            penalty_of = getattr(self.weighting, "penalty", None)
             penalty = penalty_of(losses, plan.terms) if penalty_of is not None else None
         # One op either way: the per-step path is bound by dispatch overhead, not arithmetic.
         total = losses.sum() if weights is None else torch.dot(losses, weights)
         if penalty is not None:
             total = total + penalty
-        objective = total
-        router = self._route_for_step() if training else None
-        if router is not None:
-            router.note(plan.terms)
-            terms = list(parsed.terms.values())
-            if not router.one_backward_suffices(plan.terms, terms):
-                weighted = losses if weights is None else losses * weights
-                objective = router.surrogate(plan.terms, weighted)
 
+        objective = total
         if training:
             self._warn_no_grad(parsed)
             if self.nonfinite == "skip" and self._skip_nonfinite(losses):
                 return self._nothing_to_learn(skipped=True)
+            terms = list(parsed.terms.values())
+            # before any surrogate below: they consume the graph that diagnostics differentiate
+            if self._diagnostics is not None and self._diagnostics.due(step):
+                self._diagnose(plan.terms, terms)
+            objective = self._gradient_objective(plan.terms, terms, losses, weights, total)
+            if penalty is not None and objective is not total:
+                objective = objective + penalty  # the strategy's own parameters learn from it
         self._record(stage, parsed, plan, losses, total, batch, weights, step)
-        if training and self._diagnostics is not None and self._diagnostics.due(step):
-            self._diagnose(plan.terms, list(parsed.terms.values()))
         return _step_output(objective, parsed)
+
+    def _gradient_objective(
+        self,
+        names: tuple[str, ...],
+        terms: list[Tensor],
+        losses: Tensor,
+        weights: Tensor | None,
+        total: Tensor,
+    ) -> Tensor:
+        """What Lightning backpropagates: the total, or a surrogate that leaves per-route or
+        aggregated gradients in ``.grad`` (see routing.py and aggregation.py)."""
+        router = self._route_for_step()
+        if router is not None:
+            if self.aggregator is not None:
+                raise ValueError(
+                    "aggregator= cannot be combined with per-key optimizers: both decide the "
+                    "shared parameters' gradient; expected one optimizer with aggregator=, or "
+                    "per-key optimizers without it"
+                )
+            router.note(names)
+            if router.one_backward_suffices(names, terms):
+                return total
+            return router.surrogate(names, losses if weights is None else losses * weights)
+        if self.aggregator is None or not torch.is_grad_enabled():
+            return total
+        shared = self._aggregated(self, names, terms)
+        if len(names) < 2 or not shared:
+            return total  # nothing to combine: the total's gradient is the aggregate
+        ids = {id(p) for p in shared}
+        others = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        weighted = losses if weights is None else losses * weights
+        return aggregation.surrogate(weighted, shared, others, self.aggregator)
 
     def _diagnose(self, names: tuple[str, ...], terms: list[Tensor]) -> None:
         """Record gradient norms and cosines on the shared parameters (see diagnostics.py)."""
@@ -485,6 +539,16 @@ class LossDictModule(pl.LightningModule):
         reduced = self._epoch.compute(self.device, derived=self._total_recipes)
         self._epoch.reset()
         self._raise_if_nonfinite(reduced)
+        epoch_end = getattr(self.weighting, "epoch_end", None)
+        if epoch_end is not None:
+            kind_of = self._registry.kind_of
+            epoch_end(
+                {
+                    name.split("/", 1)[1]: value
+                    for name, value in reduced.means.items()
+                    if name.startswith("train/") and kind_of.get(name) == "term"
+                }
+            )
         self._log_epoch(
             {
                 f"{name}_epoch": value
@@ -569,11 +633,11 @@ class LossDictModule(pl.LightningModule):
         checkpoint[_CHECKPOINT_KEY] = {"skipped_steps": self.skipped_steps}
         stored = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
         if stored is not None:
-            modules = (
-                {}
-                if self._configured_by_cli
-                else {"model": self.model, "weighting": self.weighting}
-            )
+            modules: dict[str, nn.Module | None] = {}
+            if not self._configured_by_cli:
+                for name in hparams.MODULE_ARGUMENTS:
+                    module = getattr(self, name)
+                    modules[name] = module if isinstance(module, nn.Module) else None
             checkpoint[self.CHECKPOINT_HYPER_PARAMS_KEY] = hparams.with_skeletons(
                 stored, modules, self._unpicklable_hparams
             )

@@ -1,8 +1,13 @@
-"""The interface every weighting strategy implements."""
+"""The interface every weighting strategy implements, and the per-term bookkeeping they share."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
+import torch
 from torch import Tensor, nn
+
+from lightning_losses.terms import describe
 
 
 class Weighting(nn.Module):
@@ -13,8 +18,20 @@ class Weighting(nn.Module):
     per term. The total is ``sum(static_weight * weight * loss) + penalty(...)``; static
     ``loss_weights`` still apply, so a strategy can be combined with fixed scales.
 
-    ``penalty`` is for strategies whose objective is not a pure weighted sum (uncertainty
-    weighting's log-variance term); it is added to the total but not to any logged term.
+    Hooks a strategy may override, each called by ``LossDictModule``:
+
+    * ``penalty(losses, names)``: an extra term of the objective (uncertainty weighting's
+      log-variances, GradNorm's gradient loss); added to the backpropagated total, logged in
+      ``train/loss``, never as a term.
+    * ``bind(module)``: once, before the first training step, with the ``LossDictModule``, for
+      strategies that look at its parameters (GradNorm's shared layer). Not at construction: in
+      subclass mode the layers do not exist yet when ``super().__init__`` runs.
+    * ``epoch_end(means)``: after every training epoch, with each term's epoch mean, pooled over
+      all steps and all DDP ranks, so every rank sees the same numbers.
+
+    Everything a strategy must remember lives in parameters and buffers, so checkpoints and
+    ``fit(ckpt_path=)`` restore it exactly, and under DDP it stays identical on every rank (DDP
+    averages parameters' gradients; buffers change only from rank-identical inputs).
     """
 
     def forward(self, losses: Tensor, names: tuple[str, ...]) -> Tensor:  # pragma: no cover
@@ -23,3 +40,49 @@ class Weighting(nn.Module):
     def penalty(self, losses: Tensor, names: tuple[str, ...]) -> Tensor | None:
         """An extra term of the objective; ``None`` for a pure weighted sum."""
         return None
+
+    def bind(self, module: nn.Module) -> None:
+        """Called once with the ``LossDictModule`` before the first training step."""
+
+    def epoch_end(self, means: Mapping[str, float]) -> None:
+        """Called after every training epoch with each term's epoch mean over steps and ranks."""
+
+
+class PerTerm(Weighting):
+    """A strategy with one entry per named term (a parameter or buffer of length K).
+
+    The terms are named up front because learnable entries must exist before the optimizer is
+    built; a step may carry any subset of them (optional tasks), never a term not listed.
+    """
+
+    def __init__(self, terms: Sequence[str]) -> None:
+        super().__init__()
+        if isinstance(terms, str) or not all(isinstance(t, str) for t in terms):
+            raise TypeError(
+                f"terms is {describe(terms)}; expected a list of loss-term names such as "
+                "['seg', 'depth']"
+            )
+        if not terms or len(set(terms)) != len(terms):
+            raise ValueError(f"terms={list(terms)}; expected distinct loss-term names")
+        self.terms = tuple(terms)
+        self._position = {t: i for i, t in enumerate(self.terms)}
+        self._indices: dict[tuple[tuple[str, ...], torch.device], Tensor] = {}
+
+    def index(self, names: tuple[str, ...], device: torch.device) -> Tensor:
+        """Positions of ``names`` among ``self.terms``, as a device tensor (cached)."""
+        key = (names, device)
+        index = self._indices.get(key)
+        if index is None:
+            unknown = [n for n in names if n not in self._position]
+            if unknown:
+                raise ValueError(
+                    f"{type(self).__name__} got loss term{'s' if len(unknown) > 1 else ''} "
+                    f"{', '.join(map(repr, unknown))}, not in its terms {list(self.terms)}; "
+                    "expected every loss term to be listed"
+                )
+            index = torch.tensor([self._position[n] for n in names], device=device)
+            self._indices[key] = index
+        return index
+
+    def extra_repr(self) -> str:
+        return f"terms={list(self.terms)}"

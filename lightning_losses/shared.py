@@ -1,0 +1,70 @@
+"""Which parameters the terms share: the ones gradient diagnostics and aggregators look at.
+
+Either named by qualified-name prefix (``"trunk"``, ``["backbone", "neck"]``), or found from the
+autograd graph: every trainable parameter that two or more terms reach. The graph walk happens
+once per key set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from torch import Tensor, nn
+
+from lightning_losses.routing import reached_parameters
+from lightning_losses.terms import describe
+
+Prefixes = str | Sequence[str] | None
+
+
+def as_prefixes(prefixes: Prefixes, option: str) -> tuple[str, ...]:
+    """Validate a prefix option; ``option`` names it in errors."""
+    out = (prefixes,) if isinstance(prefixes, str) else tuple(prefixes or ())
+    for prefix in out:
+        if not isinstance(prefix, str):
+            raise TypeError(
+                f"{option} entry {prefix!r} is {describe(prefix)}; expected a qualified "
+                "parameter-name prefix such as 'trunk' or 'backbone.layer4'"
+            )
+    return out
+
+
+def named(module: nn.Module, prefixes: Iterable[str], option: str) -> list[nn.Parameter]:
+    """The trainable parameters under ``prefixes`` (a prefix matches whole name components)."""
+    prefixes = tuple(prefixes)
+    candidates = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    params = [p for n, p in candidates if _under_any(n, prefixes)]
+    if not params:
+        raise ValueError(
+            f"{option}={list(prefixes)} matched no trainable parameter; expected prefixes of "
+            f"names such as {[n for n, _ in candidates[:3]]}"
+        )
+    return params
+
+
+class SharedParameters:
+    """The shared parameters of each key set, by prefix or by graph, cached."""
+
+    def __init__(self, prefixes: Prefixes, option: str = "shared_parameters") -> None:
+        self.option = option
+        self.prefixes = as_prefixes(prefixes, option)
+        self._cache: dict[tuple[str, ...], list[nn.Parameter]] = {}
+
+    def __call__(
+        self, module: nn.Module, terms: tuple[str, ...], losses: Sequence[Tensor]
+    ) -> list[nn.Parameter]:
+        params = self._cache.get(() if self.prefixes else terms)
+        if params is None:
+            if self.prefixes:
+                params = named(module, self.prefixes, self.option)
+                self._cache[()] = params
+            else:
+                reach = [reached_parameters(loss) for loss in losses]
+                trainable = [p for p in module.parameters() if p.requires_grad]
+                params = [p for p in trainable if sum(id(p) in r for r in reach) >= 2]
+                self._cache[terms] = params
+        return params
+
+
+def _under_any(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
