@@ -5,7 +5,10 @@ Kept in one module so that a Lightning upgrade has one file to check.
 
 from __future__ import annotations
 
+import os
+import pickle
 from collections.abc import Collection, Mapping
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -61,3 +64,23 @@ def configured_by_cli() -> bool:
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
     return _given_hyperparameters.get() is not None
+
+
+def checkpoint_entry(path: Any, key: str) -> dict[str, Any]:
+    """``checkpoint[key]`` read with ``weights_only=True`` (and memory-mapped where the file is
+    local, so the tensors are not read); ``{}`` if the file needs more than ``weights_only``."""
+    from lightning.fabric.utilities.cloud_io import _load
+
+    try:
+        if isinstance(path, (str, os.PathLike)) and os.path.isfile(path):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        elif hasattr(path, "seek"):  # a file object: Lightning reads it again afterwards
+            position = path.tell()
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            path.seek(position)
+        else:  # a remote URL or fsspec path
+            checkpoint = _load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return {}
+    entry = checkpoint.get(key) if isinstance(checkpoint, dict) else None
+    return entry if isinstance(entry, dict) else {}

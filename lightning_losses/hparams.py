@@ -1,19 +1,23 @@
-"""Hyperparameters that make ``load_from_checkpoint`` work without arguments, in both modes.
+"""Hyperparameters that make ``load_from_checkpoint`` work without arguments, in both modes,
+while every checkpoint stays loadable with ``weights_only=True``.
 
 Lightning's ``save_hyperparameters`` stores the constructor's arguments, which is all a subclass
 needs. Some of ours are modules (the wrapped ``model``, the ``weighting``, a torchjd
-``aggregator``), and some can be lambdas (``optimizer``, schedule weights):
+``aggregator``) and some are code (``functools.partial(torch.optim.SGD, lr=0.1)``, schedules):
 
 * Modules in ``hparams`` would be deep-copied at construction (doubling a detector's memory) and
   pickled with their weights into every checkpoint, beside the same weights in the state dict.
-  They are left out of ``hparams`` and a *skeleton* of each (the module with its parameters and
-  persistent buffers on the ``meta`` device: its structure and code, no data) is written into the
-  checkpoint's hyperparameters instead; the constructor materialises a skeleton it receives, and
-  Lightning then loads the real values from the state dict.
-* A value that cannot be pickled (a lambda ``optimizer``) is dropped by Lightning itself at
-  ``fit`` with a warning; ``load_from_checkpoint`` then uses the default, which is harmless: the
-  optimizer and schedules matter only for training, and ``fit(ckpt_path=)`` resumes with the
-  module you construct. A skeleton that cannot be pickled is left out the same way.
+  They are left out of ``hparams``; a *skeleton* of each (the module with its parameters and
+  persistent buffers on the ``meta`` device: its structure and code, no data) is stored instead,
+  the constructor materialises a skeleton it receives, and the state dict fills in the values.
+* torch >= 2.6 loads checkpoints with ``weights_only=True`` by default, and so does
+  ``Trainer.fit(ckpt_path=...)``: one class object among the hyperparameters and resuming fails.
+  So only plain values (numbers, strings, lists, dicts, tensors) stay in the checkpoint's
+  ``hyper_parameters``; everything else (skeletons, partials, modules) is pickled into one bytes
+  entry of our own. Resuming never unpickles it; ``LossDictModule.load_from_checkpoint`` does,
+  unless called with ``weights_only=True``.
+* A value that cannot be pickled at all (a lambda, a class defined inside a function) is left out
+  with one warning naming it; ``load_from_checkpoint`` then uses its default or what you pass.
 """
 
 from __future__ import annotations
@@ -78,27 +82,54 @@ def is_skeleton(module: nn.Module) -> bool:
     return bool(module.__dict__.get(_SKELETON_MARK, False))
 
 
-def with_skeletons(
+_PLAIN = (type(None), bool, int, float, complex, str, bytes)
+
+
+def is_plain(value: Any) -> bool:
+    """Whether torch's ``weights_only`` unpickler accepts ``value`` (checked structurally)."""
+    if isinstance(value, torch.Tensor):
+        return type(value) is torch.Tensor  # not a Parameter or another subclass
+    if type(value) in _PLAIN:
+        return True
+    if type(value) in (list, tuple, set):
+        return all(is_plain(v) for v in value)
+    if type(value) is dict:
+        return all(is_plain(k) and is_plain(v) for k, v in value.items())
+    return False
+
+
+def split(
     hparams: Mapping[str, Any], modules: Mapping[str, nn.Module | None], warned: set[str]
-) -> dict[str, Any]:
-    """The hyperparameters to write into a checkpoint: ``hparams`` plus a skeleton of each module
-    argument. A module that cannot be pickled (a class defined inside a function) is left out
-    with one warning naming it; ``load_from_checkpoint`` then needs it passed explicitly."""
-    out = dict(hparams)
+) -> tuple[dict[str, Any], bytes | None]:
+    """``(plain hyperparameters, the others pickled)`` to write into a checkpoint.
+
+    ``modules`` are the module arguments left out of ``hparams``; each is added as a skeleton.
+    """
+    candidates = dict(hparams)
     for name, module in modules.items():
-        if module is None or name in out:
+        if module is not None and name not in candidates:
+            candidates[name] = skeleton(module)
+    plain = {k: v for k, v in candidates.items() if is_plain(v)}
+    code: dict[str, Any] = {}
+    for name, value in candidates.items():
+        if name in plain:
             continue
         try:
-            frame = skeleton(module)
-            pickle.dumps(frame)
-        except Exception as error:  # local classes, lambdas held as attributes, ...
+            pickle.dumps(value)
+        except Exception as error:  # lambdas, local classes, open handles, ...
             if name not in warned:
                 warned.add(name)
                 rank_zero_warn(
-                    f"hyperparameter {name!r} ({type(module).__name__}) cannot be pickled "
+                    f"hyperparameter {name!r} ({type(value).__name__}) cannot be pickled "
                     f"({error}); checkpoints leave it out, so pass {name}=... to "
-                    "load_from_checkpoint (define the class at module level to avoid this)"
+                    "load_from_checkpoint (define it at module level, or use functools.partial, "
+                    "to avoid this)"
                 )
             continue
-        out[name] = frame
-    return out
+        code[name] = value
+    return plain, pickle.dumps(code) if code else None
+
+
+def unpickle(blob: bytes | None) -> dict[str, Any]:
+    """The arguments :func:`split` pickled: runs code, like any unpickling."""
+    return pickle.loads(blob) if blob else {}

@@ -48,6 +48,7 @@ SchedulerFactory = Callable[[Optimizer], LRScheduler | ReduceLROnPlateau | Mappi
 StepOutput = Tensor | dict[str, Any] | None
 
 _CHECKPOINT_KEY = "lightning_losses"
+_PICKLED_HPARAMS = "pickled_hyper_parameters"
 
 
 def default_optimizer(params: Iterable[Any]) -> Optimizer:
@@ -630,17 +631,20 @@ class LossDictModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[_CHECKPOINT_KEY] = {"skipped_steps": self.skipped_steps}
+        ours: dict[str, Any] = {"skipped_steps": self.skipped_steps}
         stored = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
         if stored is not None:
+            # plain values stay where Lightning looks; code is pickled apart (see hparams.py)
             modules: dict[str, nn.Module | None] = {}
             if not self._configured_by_cli:
                 for name in hparams.MODULE_ARGUMENTS:
                     module = getattr(self, name)
                     modules[name] = module if isinstance(module, nn.Module) else None
-            checkpoint[self.CHECKPOINT_HYPER_PARAMS_KEY] = hparams.with_skeletons(
-                stored, modules, self._unpicklable_hparams
-            )
+            plain, pickled = hparams.split(stored, modules, self._unpicklable_hparams)
+            checkpoint[self.CHECKPOINT_HYPER_PARAMS_KEY] = plain
+            if pickled is not None:
+                ours[_PICKLED_HPARAMS] = pickled
+        checkpoint[_CHECKPOINT_KEY] = ours
 
     @_restricted_classmethod
     def load_from_checkpoint(  # type: ignore[override]
@@ -652,20 +656,24 @@ class LossDictModule(pl.LightningModule):
         weights_only: bool | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Lightning's ``load_from_checkpoint``, with ``weights_only`` defaulting to ``False``.
+        """Lightning's ``load_from_checkpoint``, which also rebuilds the arguments that are code.
 
-        A checkpoint's hyperparameters hold a wrapped model's and a weighting's classes (their
-        skeletons, see hparams.py) and any picklable factory: rebuilding them means unpickling
-        code, which torch's ``weights_only=True`` default refuses. ``Trainer.fit(ckpt_path=)``
-        defaults to ``False`` for the same reason. Load only checkpoints you trust; for others
-        pass ``weights_only=True`` (enough for a subclass whose arguments are plain values).
+        Those (a wrapped model's and a weighting's skeletons, a ``functools.partial``
+        optimizer; see hparams.py) are kept out of Lightning's ``hyper_parameters`` so that the
+        checkpoint itself loads with ``weights_only=True``; here they are unpickled and passed
+        to the constructor, below any ``kwargs`` you give. Unpickling runs code: for a
+        checkpoint you do not trust, pass ``weights_only=True``, which skips them (then pass
+        ``model=`` yourself in wrap mode).
         """
+        if weights_only is not True:
+            entry = _lightning.checkpoint_entry(checkpoint_path, _CHECKPOINT_KEY)
+            kwargs = {**hparams.unpickle(entry.get(_PICKLED_HPARAMS)), **kwargs}
         return super().load_from_checkpoint(
             checkpoint_path,
             map_location=map_location,
             hparams_file=hparams_file,
             strict=strict,
-            weights_only=False if weights_only is None else weights_only,
+            weights_only=weights_only,
             **kwargs,
         )
 

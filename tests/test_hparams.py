@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import make_trainer, multitask_data
 from torch import nn
 
-from lightning_losses import LossDictModule, Weighting
+from lightning_losses import LossDictModule, Weighting, hparams
 
 
 class Heads(LossDictModule):
@@ -113,8 +113,11 @@ def test_checkpoint_holds_the_wrapped_weights_once(tmp_path):
 def test_skeleton_is_small_and_a_user_meta_model_is_left_alone(tmp_path):
     module = LossDictModule(Net(hidden=256), optimizer=functools.partial(torch.optim.SGD, lr=0.1))
     path = _fit_and_save(module, tmp_path)
-    stored = torch.load(path, weights_only=False)["hyper_parameters"]["model"]
-    assert all(p.is_meta for p in stored.parameters())
+    checkpoint = torch.load(path, weights_only=True)  # resuming needs nothing more
+    assert "model" not in checkpoint["hyper_parameters"]
+    stored = hparams.unpickle(checkpoint["lightning_losses"]["pickled_hyper_parameters"])
+    assert all(p.is_meta for p in stored["model"].parameters())
+    assert len(checkpoint["lightning_losses"]["pickled_hyper_parameters"]) < 10_000
     with torch.device("meta"):
         meta = Net()
     assert LossDictModule(meta).model.embed.weight.is_meta
@@ -123,3 +126,26 @@ def test_skeleton_is_small_and_a_user_meta_model_is_left_alone(tmp_path):
 def test_a_lambda_optimizer_is_dropped_and_the_default_used_on_load(tmp_path):
     path = _fit_and_save(Heads(optimizer=lambda p: torch.optim.SGD(p, lr=0.1)), tmp_path)
     assert Heads.load_from_checkpoint(path).optimizer_factory is None
+
+
+def test_every_checkpoint_resumes_with_weights_only_and_rebuilds_code_only_on_request(tmp_path):
+    module = LossDictModule(
+        Net(), weighting=Fixed(), optimizer=functools.partial(torch.optim.SGD, lr=0.1)
+    )
+    first = make_trainer(None, max_epochs=1)
+    first.fit(module, multitask_data())
+    path = tmp_path / "epoch.ckpt"
+    first.save_checkpoint(path)
+    resumed = LossDictModule(
+        Net(), weighting=Fixed(), optimizer=functools.partial(torch.optim.SGD, lr=0.1)
+    )
+    trainer = make_trainer(None, max_epochs=2)
+    trainer.fit(resumed, multitask_data(), ckpt_path=path)  # torch's weights_only default
+    assert trainer.global_step == 16
+    with pytest.raises(RuntimeError, match="Unexpected key"):  # no skeleton was unpickled
+        LossDictModule.load_from_checkpoint(path, weights_only=True)
+    safe = LossDictModule.load_from_checkpoint(
+        path, weights_only=True, model=Net(), weighting=Fixed()
+    )
+    assert safe.optimizer_factory is None  # the partial is code: not unpickled
+    assert torch.equal(safe.model.embed.weight, module.model.embed.weight)
