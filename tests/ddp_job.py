@@ -211,6 +211,20 @@ class DiagnosedHeads(LossDictModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+class WeighedHeads(LossDictModule):
+    """Two heads on a trunk, one SGD optimizer, a weighting strategy or an aggregator."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.net = two_heads()
+
+    def forward(self, batch: Any) -> Any:
+        return two_head_losses(self.net, batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
 def two_heads() -> nn.ModuleList:
     torch.manual_seed(0)
     return nn.ModuleList([nn.Linear(3, 4), nn.Linear(4, 1), nn.Linear(4, 1)])
@@ -291,6 +305,16 @@ def scenario(name: str) -> tuple[L.LightningModule, dict[str, Any], dict[str, An
         )
     if name == "routes":
         return TwoHeads(), dict(train_dataloaders=regression_data()), dict(max_steps=4)
+    if name == "uw":
+        from lightning_losses.weighting import UncertaintyWeighting
+
+        module = WeighedHeads(weighting=UncertaintyWeighting(["t0", "t1"], init_log_variance=0.2))
+        return module, dict(train_dataloaders=regression_data()), dict(max_steps=4)
+    if name == "aggregator":
+        from torchjd.aggregation import UPGrad
+
+        module = WeighedHeads(aggregator=UPGrad())
+        return module, dict(train_dataloaders=regression_data()), dict(max_steps=4)
     if name == "diagnostics":
         data = dict(train_dataloaders=regression_data())
         return DiagnosedHeads(), data, dict(max_steps=4, log_every_n_steps=2)

@@ -247,6 +247,72 @@ def test_gradient_diagnostics_under_ddp_are_rank_means_and_leave_training_unchan
         assert [logged[write][n] for n in names] == pytest.approx(means, rel=1e-5)
 
 
+def weighed_heads_replay():
+    """What a single-process replay of the WeighedHeads scenarios starts from: the network at
+    its initial weights, the data, each rank's indices and the loss function."""
+    from ddp_job import two_head_losses, two_heads
+
+    net = two_heads()
+    x, y, rank_indices = regression_batches()
+    return net, x, y, rank_indices, two_head_losses
+
+
+def test_uncertainty_weighting_under_ddp_equals_a_single_process_replay(tmp_path):
+    ranks = run_job("uw", tmp_path)
+    assert [r["exception"] for r in ranks] == [None, None]
+    assert ranks[0]["params"] == ranks[1]["params"]  # s included: identical on every rank
+    net, x, y, rank_indices, losses_of = weighed_heads_replay()
+    s = torch.full((2,), 0.2, requires_grad=True)
+    params = [s, *net.parameters()]  # the weighting is registered before the network
+    for step in range(4):
+        grads = [torch.zeros_like(p) for p in params]
+        for rank in (0, 1):
+            index = rank_indices[rank][2 * step : 2 * step + 2]
+            losses = losses_of(net, (x[index], y[index]))
+            stacked = torch.stack([losses["t0"], losses["t1"]])
+            total = (0.5 * torch.exp(-s) * stacked).sum() + 0.5 * s.sum()
+            for acc, grad in zip(grads, torch.autograd.grad(total, params)):
+                acc += grad / 2
+        with torch.no_grad():
+            for p, grad in zip(params, grads):
+                p -= 0.1 * grad
+    expected = torch.cat([p.detach().flatten() for p in params]).tolist()
+    assert ranks[0]["params"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_aggregator_under_ddp_equals_a_single_process_replay(tmp_path):
+    from torchjd.aggregation import UPGrad
+
+    from lightning_losses.aggregation import jacobian
+
+    ranks = run_job("aggregator", tmp_path)
+    assert [r["exception"] for r in ranks] == [None, None]
+    assert ranks[0]["params"] == ranks[1]["params"]
+    net, x, y, rank_indices, losses_of = weighed_heads_replay()
+    trunk, heads = list(net[0].parameters()), [*net[1].parameters(), *net[2].parameters()]
+    aggregator = UPGrad()
+    for step in range(4):
+        trunk_grad = torch.zeros(sum(p.numel() for p in trunk))
+        head_grads = [torch.zeros_like(p) for p in heads]
+        for rank in (0, 1):  # each rank aggregates its own Jacobian; DDP averages the results
+            index = rank_indices[rank][2 * step : 2 * step + 2]
+            losses = losses_of(net, (x[index], y[index]))
+            trunk_grad += aggregator(jacobian([losses["t0"], losses["t1"]], trunk)) / 2
+            for acc, grad in zip(
+                head_grads, torch.autograd.grad(losses["t0"] + losses["t1"], heads)
+            ):
+                acc += grad / 2
+        with torch.no_grad():
+            offset = 0
+            for p in trunk:
+                p -= 0.1 * trunk_grad[offset : offset + p.numel()].view_as(p)
+                offset += p.numel()
+            for p, grad in zip(heads, head_grads):
+                p -= 0.1 * grad
+    expected = torch.cat([p.detach().flatten() for p in net.parameters()]).tolist()
+    assert ranks[0]["params"] == pytest.approx(expected, abs=1e-5)
+
+
 # ---------------------------------------------------------------- cost
 
 
