@@ -40,9 +40,13 @@ def test_example_config_fits_and_its_checkpoint_loads_without_arguments(tmp_path
     assert module._weights.resolve("depth") == 0.25 and module.nonfinite == "skip"
     assert module._select("seg") and not module._select("acc")
     assert {"grad_norm/seg", "grad_cos/seg|depth"} <= set(trainer.callback_metrics)
+    assert module.weighting.terms == ("seg", "depth")
+    assert "weight/seg" in trainer.callback_metrics
 
     [last] = Path(tmp_path).rglob("last.ckpt")
     loaded = MultiTask.load_from_checkpoint(last)
     assert loaded._weights.resolve("depth") == 0.25 and loaded.nonfinite == "skip"
+    assert type(loaded.weighting).__name__ == "UncertaintyWeighting"
+    assert type(loaded.optimizer_factory(loaded.parameters())) is torch.optim.AdamW
     for (name, p), q in zip(module.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(p, q), name

@@ -1,6 +1,7 @@
 """Every example is a real program: it runs to completion, on a CPU, in seconds."""
 
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -9,8 +10,10 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-# cli.py needs a subcommand and a config: tests/test_cli.py runs it
-SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py") if p.name != "cli.py")
+# cli.py needs a subcommand and a config (tests/test_cli.py runs it); the weighting comparison
+# prints a table rather than logs (its own test below)
+OWN_TESTS = {"cli.py", "multitask_weighting.py"}
+SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py") if p.name not in OWN_TESTS)
 
 
 def run(script: str, *args: str, cwd: Path) -> str:
@@ -65,3 +68,13 @@ def test_main_example_writes_per_loss_logs_and_curves(tmp_path):
     assert set(drawn["seg"]) == {"train", "train (epoch)", "val"}
     assert set(drawn["gradient cosine per pair"]) == {"seg|depth"}
     assert set(drawn["weights"]) == {"depth"}
+
+
+def test_weighting_comparison_prints_a_row_per_strategy(tmp_path):
+    out = run("multitask_weighting.py", "--epochs", "2", cwd=tmp_path)
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "strategy" not in line]
+    names = [row.split("|")[1].strip() for row in rows]
+    assert names == ["static (all 1)", "uncertainty", "DWA (T=2)", "GradNorm (a=1.5)", "UPGrad"]
+    for row in rows:
+        cells = [float(c) for c in row.split("|")[2:-1]]
+        assert len(cells) == 4 and all(math.isfinite(c) and c > 0 for c in cells), row
