@@ -631,7 +631,14 @@ class LossDictModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        ours: dict[str, Any] = {"skipped_steps": self.skipped_steps}
+        ours: dict[str, Any] = {
+            "skipped_steps": self.skipped_steps,
+            # the partly filled window and epoch, so that a resumed run writes what an
+            # uninterrupted one would have (see on_load_checkpoint for DDP)
+            "registry": self._registry.state(),
+            "window": self._window.state(),
+            "epoch": self._epoch.state(),
+        }
         stored = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
         if stored is not None:
             # plain values stay where Lightning looks; code is pickled apart (see hparams.py)
@@ -680,6 +687,16 @@ class LossDictModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(_CHECKPOINT_KEY, {})
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        if "registry" not in state:
+            return
+        # Under DDP the file is rank 0's: every rank restores the agreed names (identical on
+        # all ranks at saving), but only rank 0 its partial sums. The first write after resuming
+        # then pools rank 0's steps before the checkpoint with every rank's steps after it.
+        first = not self._trainer_attached() or self.trainer.global_rank == 0
+        self._registry.load_state(state["registry"], pending=first)
+        if first:
+            self._window.load_state(state["window"], self.device)
+            self._epoch.load_state(state["epoch"], self.device)
 
     # ------------------------------------------------------------------ helpers
 

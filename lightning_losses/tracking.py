@@ -92,6 +92,35 @@ class KeyRegistry:
         self.__dict__.update(state)
         self._accumulators = []
 
+    def state(self) -> dict[str, object]:
+        """Every name with its kind, and how many are agreed, as plain data for a checkpoint."""
+        return {
+            "names": list(self.names),
+            "kinds": [self.kind_of[n] for n in self.names],
+            "agreed": self.agreed,
+        }
+
+    def load_state(self, state: Mapping[str, object], pending: bool = True) -> None:
+        """Restore a :meth:`state` before this registry's own names.
+
+        ``pending=False`` restores the agreed prefix only: under DDP every rank loads rank 0's
+        checkpoint, and the prefix is what all ranks held identically when it was saved.
+        """
+        agreed = int(state["agreed"])  # type: ignore[call-overload]
+        count = len(state["names"]) if pending else agreed  # type: ignore[arg-type]
+        restored = list(state["names"])[:count]  # type: ignore[call-overload]
+        kinds = dict(zip(restored, list(state["kinds"])[:count]))  # type: ignore[call-overload]
+        names = restored + [n for n in self.names if n not in kinds]
+        self.kind_of = {**self.kind_of, **kinds}
+        moved = {name: i for i, name in enumerate(names)}
+        previous = self.names
+        self.names, self.slot_of, self.agreed = names, moved, agreed
+        self.version += 1
+        for ref in self._accumulators:
+            accumulator = ref()
+            if accumulator is not None:
+                accumulator.move_slots([moved[n] for n in previous], len(names))
+
     def agree_locally(self) -> None:
         """Single process: every slot is agreed as it is."""
         self.agreed = len(self.names)
@@ -156,6 +185,8 @@ class MeanAccumulator:
     def _ensure(self, device: torch.device) -> Tensor:
         needed = len(self.registry)
         if self.data is not None and self.data.shape[1] >= needed:
+            if self.data.device != device:  # restored from a checkpoint before a device move
+                self._set(self.data.to(device))
             return self.data
         capacity = max(16, 2 * needed)
         data = torch.zeros(3, capacity, dtype=accumulator_dtype(device), device=device)
@@ -167,6 +198,30 @@ class MeanAccumulator:
     def _set(self, data: Tensor) -> None:
         # Row views kept as attributes: selecting a row is itself a dispatched op per step.
         self.data, self._sums, self._first = data, data[_SUMS], data[_FIRST]
+
+    def state(self) -> dict[str, object]:
+        """Sums and counts since the last reset, as plain data (names, not slots) for a
+        checkpoint: a partly filled window or epoch resumes where it stopped."""
+        registry = self.registry
+        data = self.data.cpu().clone() if self.data is not None else None
+        return {
+            "names": list(registry.names),
+            "data": data[:, : len(registry)] if data is not None else None,
+            "counts": [[list(k), w] for k, w in self.counts.items()],
+            "drained": [[list(k), w] for k, w in self._drained_counts.items()],
+        }
+
+    def load_state(self, state: Mapping[str, object], device: torch.device) -> None:
+        """Add a :meth:`state` (names already in the registry) to this empty accumulator."""
+        self.reset()
+        data = state["data"]
+        if isinstance(data, Tensor):
+            slots = self.registry.slots(state["names"])  # type: ignore[arg-type]
+            target = self._ensure(device)
+            index = torch.tensor(slots, dtype=torch.long, device=target.device)
+            target[:, index] = data.to(target.device, target.dtype)
+        self.counts = {tuple(k): float(w) for k, w in state["counts"]}  # type: ignore[attr-defined]
+        self._drained_counts = {tuple(k): float(w) for k, w in state["drained"]}  # type: ignore[attr-defined]
 
     def update(
         self, names: tuple[str, ...], slots: Tensor, values: Tensor, weight: float = 1.0
