@@ -276,6 +276,8 @@ class LossDictModule(pl.LightningModule):
             if self.nonfinite == "skip" and self._skip_nonfinite(losses):
                 return self._nothing_to_learn(skipped=True)
             terms = list(parsed.terms.values())
+            if torch.is_grad_enabled() and not total.requires_grad:
+                return self._nothing_requires_grad(plan.terms)
             # before any surrogate below: they consume the graph that diagnostics differentiate
             if self._diagnostics is not None and self._diagnostics.due(step):
                 self._diagnose(plan.terms, terms)
@@ -435,6 +437,18 @@ class LossDictModule(pl.LightningModule):
                 )
 
     # ------------------------------------------------------------------ nothing to learn / skip
+
+    def _nothing_requires_grad(self, names: tuple[str, ...]) -> StepOutput:
+        """No term carries a graph: Lightning's backward would fail deep inside autograd."""
+        if self._trainer_attached() and self.trainer.world_size > 1:
+            # Raising on one rank would leave the others waiting in the gradient all-reduce;
+            # the per-term warning has named the terms already.
+            return self._nothing_to_learn()
+        raise ValueError(
+            f"no loss term requires grad (terms {list(names)}); expected at least one term "
+            "computed from trainable parameters (was forward run under torch.no_grad, from "
+            "detached tensors, or are all parameters frozen?)"
+        )
 
     def _skip_nonfinite(self, losses: Tensor) -> bool:
         # The one place a training step syncs with the host: deciding to skip must happen before

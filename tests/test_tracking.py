@@ -76,6 +76,37 @@ def test_long_accumulation_keeps_float64_precision():
     assert acc.compute(CPU, distributed=False).means["a"] == pytest.approx(reference, rel=1e-12)
 
 
+def test_120k_steps_of_windows_draining_into_an_epoch_match_a_float64_reference():
+    # Values spanning 8 orders of magnitude, as a loss early and late in training does; the
+    # window is written (and drained into the epoch) every 1000 steps, like a real run.
+    g = torch.Generator().manual_seed(0)
+    steps = 120_000
+    values = (
+        torch.rand(steps, 2, generator=g) * 10.0 ** torch.randint(-4, 4, (steps, 1), generator=g)
+    ).float()
+    registry = KeyRegistry()
+    window, epoch = MeanAccumulator(registry), MeanAccumulator(registry)
+    slots = torch.tensor(registry.slots(["a", "b"]))
+    names = ("a", "b")
+    window_means = []
+    for step in range(steps):
+        window.update(names, slots, values[step].double())
+        if (step + 1) % 1000 == 0:
+            window.drain_into(epoch)
+            window_means.append(window.compute(CPU, distributed=False).means["a"])
+            window.reset()
+    column = values[:, 0].tolist()  # the float32 values, exactly, as Python floats
+    assert epoch.compute(CPU, distributed=False).means["a"] == pytest.approx(
+        math.fsum(column) / steps, rel=1e-13
+    )
+    assert window_means[-1] == pytest.approx(math.fsum(column[-1000:]) / 1000, rel=1e-13)
+    # what a float32 running sum would have written instead: visibly off
+    float32_sum = torch.zeros((), dtype=torch.float32)
+    for chunk in values[:, 0].split(1000):
+        float32_sum += chunk.sum()
+    assert abs(float32_sum.item() / steps / (math.fsum(column) / steps) - 1) > 1e-8
+
+
 def test_drain_feeds_another_accumulator_only_what_is_new():
     registry = KeyRegistry()
     window, epoch = MeanAccumulator(registry), MeanAccumulator(registry)
