@@ -87,3 +87,31 @@ def best_of(times: list[float]) -> float:
 
 def median(times: list[float]) -> float:
     return statistics.median(times)
+
+
+def compare_variants(
+    variants: dict[str, Any], steps: int, repeats: int, log_every_n_steps: int = 50
+) -> None:
+    """Time ``LossDictModule`` variants (name -> zero-argument module factory) and print each
+    one's best step time and its ratio to the first variant.
+
+    Repeats are interleaved, so drift on a shared machine hits every variant alike.
+    """
+    import tempfile
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory() as log_dir:
+        for _ in range(repeats):
+            for name, make in variants.items():
+                logger = CSVLogger(log_dir)
+                times[name].append(
+                    time_fit(make(), steps, logger, log_every_n_steps=log_every_n_steps)
+                )
+    baseline = next(iter(variants))
+    base = best_of(times[baseline])
+    print(f"{'variant':<18}{'ms/step':>10}{f'ratio to {baseline}':>22}")
+    for name in variants:
+        best = best_of(times[name])
+        print(f"{name:<18}{best * 1e3:>10.3f}{best / base:>22.2f}")

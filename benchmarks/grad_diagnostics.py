@@ -11,11 +11,9 @@ recommended setting). Prints each step time relative to "off".
 from __future__ import annotations
 
 import argparse
-import tempfile
 
 import torch
-from _common import best_of, time_fit
-from lightning.pytorch.loggers import CSVLogger
+from _common import compare_variants
 from torch import nn
 
 from lightning_losses import LossDictModule
@@ -36,11 +34,6 @@ class Net(nn.Module):
         return {f"t{i}": head(h).pow(2).mean() for i, head in enumerate(self.heads)}
 
 
-def run(every: int | None, steps: int, log_dir: str) -> float:
-    module = LossDictModule(Net(), grad_diagnostics_every_n_steps=every)
-    return time_fit(module, steps, CSVLogger(log_dir), log_every_n_steps=50)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600)
@@ -48,16 +41,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     variants = {"off": None, "every step": 1, "every 50 steps": 50}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    with tempfile.TemporaryDirectory() as log_dir:
-        for _ in range(args.repeats):  # interleaved, so drift hits every variant alike
-            for name, every in variants.items():
-                times[name].append(run(every, args.steps, log_dir))
-    base = best_of(times["off"])
-    print(f"{'variant':<16}{'ms/step':>10}{'ratio to off':>15}")
-    for name in variants:
-        best = best_of(times[name])
-        print(f"{name:<16}{best * 1e3:>10.3f}{best / base:>15.2f}")
+    compare_variants(
+        {
+            name: lambda every=every: LossDictModule(Net(), grad_diagnostics_every_n_steps=every)
+            for name, every in variants.items()
+        },
+        args.steps,
+        args.repeats,
+    )
 
 
 if __name__ == "__main__":

@@ -11,12 +11,10 @@ term through the trunk, a quadratic program on the 4x4 Gram matrix, and a surrog
 from __future__ import annotations
 
 import argparse
-import tempfile
 from typing import Any
 
 import torch
-from _common import best_of, time_fit
-from lightning.pytorch.loggers import CSVLogger
+from _common import compare_variants
 from torch import nn
 
 from lightning_losses import LossDictModule
@@ -60,20 +58,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    chosen = variants()
-    times: dict[str, list[float]] = {name: [] for name in chosen}
-    with tempfile.TemporaryDirectory() as log_dir:
-        for _ in range(args.repeats):  # interleaved, so drift hits every variant alike
-            for name, options in chosen.items():
-                module = LossDictModule(Net(), **options())
-                times[name].append(
-                    time_fit(module, args.steps, CSVLogger(log_dir), log_every_n_steps=50)
-                )
-    base = best_of(times["static"])
-    print(f"{'strategy':<14}{'ms/step':>10}{'ratio to static':>18}")
-    for name in chosen:
-        best = best_of(times[name])
-        print(f"{name:<14}{best * 1e3:>10.3f}{best / base:>18.2f}")
+    compare_variants(
+        {
+            name: lambda o=options: LossDictModule(Net(), **o())
+            for name, options in variants().items()
+        },
+        args.steps,
+        args.repeats,
+    )
 
 
 if __name__ == "__main__":
