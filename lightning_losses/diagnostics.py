@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lightning_losses.aggregation import jacobian
 from lightning_losses.shared import Prefixes, SharedParameters
 from lightning_losses.terms import describe
 
@@ -42,32 +43,17 @@ def diagnostic_names(terms: Sequence[str]) -> tuple[str, ...]:
 def gradient_statistics(losses: Sequence[Tensor], params: Sequence[Tensor]) -> Tensor:
     """Each loss's gradient norm on ``params``, then the cosine of every pair (``i < j``).
 
-    The functional core, without a trainer: a 1-D tensor of ``K + K(K-1)/2`` values. A loss that
-    does not reach the parameters has a zero gradient: norm 0, cosine 0 with everything.
-    The Gram matrix is accumulated parameter by parameter, in float32 at least, so no ``K x P``
-    matrix is ever materialised beyond the gradients themselves.
+    The functional core, without a trainer: a 1-D tensor of ``K + K(K-1)/2`` values, from the
+    Gram matrix of the terms' Jacobian (in float32 at least). A loss that does not reach the
+    parameters has a zero gradient: norm 0, cosine 0 with everything.
     """
+    matrix = jacobian(losses, params)
+    matrix = matrix.to(torch.promote_types(matrix.dtype, torch.float32))
+    gram = matrix @ matrix.T
     k = len(losses)
-    grads = [
-        torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) for loss in losses
-    ]
-    dtype = torch.promote_types(params[0].dtype, torch.float32) if params else torch.float32
-    device = losses[0].device if losses else torch.device("cpu")
-    gram = torch.zeros(k, k, dtype=dtype, device=device)
-    for j, param in enumerate(params):
-        per_term = [g[j] for g in grads]
-        if all(g is None for g in per_term):
-            continue
-        stacked = torch.stack(
-            [
-                (g if g is not None else torch.zeros_like(param)).reshape(-1).to(dtype)
-                for g in per_term
-            ]
-        ).to(device)
-        gram += stacked @ stacked.T
     norms = gram.diagonal().clamp_min(0).sqrt()
-    upper = torch.triu_indices(k, k, offset=1, device=device)
-    denominator = (norms[upper[0]] * norms[upper[1]]).clamp_min(torch.finfo(dtype).tiny)
+    upper = torch.triu_indices(k, k, offset=1, device=gram.device)
+    denominator = (norms[upper[0]] * norms[upper[1]]).clamp_min(torch.finfo(gram.dtype).tiny)
     cosines = gram[upper[0], upper[1]] / denominator
     return torch.cat((norms, cosines))
 

@@ -91,7 +91,7 @@ def is_plain(value: Any) -> bool:
         return type(value) is torch.Tensor  # not a Parameter or another subclass
     if type(value) in _PLAIN:
         return True
-    if type(value) in (list, tuple, set):
+    if type(value) in (list, tuple):
         return all(is_plain(v) for v in value)
     if type(value) is dict:
         return all(is_plain(k) and is_plain(v) for k, v in value.items())

@@ -136,8 +136,8 @@ class LossDictModule(pl.LightningModule):
             raise ValueError(
                 f"nonfinite={nonfinite!r}; expected one of {', '.join(map(repr, NONFINITE_MODES))}"
             )
-        for module in (model, weighting):
-            if module is not None and hparams.is_skeleton(module):
+        for module in (model, weighting, aggregator):
+            if isinstance(module, nn.Module) and hparams.is_skeleton(module):
                 hparams.materialize(module)  # a skeleton from a checkpoint's hyperparameters
         self.model = model
         self.weighting = weighting
@@ -157,6 +157,7 @@ class LossDictModule(pl.LightningModule):
             else None
         )
         self._diagnostic_slots: dict[tuple[str, ...], tuple[int, tuple[str, ...], Tensor]] = {}
+        self._undiagnosable: set[tuple[str, ...]] = set()  # key sets warned about
 
         self._registry = KeyRegistry()
         # Only the window is updated per step; it drains into the epoch accumulator when it is
@@ -326,8 +327,8 @@ class LossDictModule(pl.LightningModule):
             return
         params = self._diagnostics.parameters(self, names, terms)
         if not params:
-            if names not in self._diagnostic_slots:
-                self._diagnostic_slots[names] = (-1, (), torch.empty(0))
+            if names not in self._undiagnosable:
+                self._undiagnosable.add(names)
                 rank_zero_warn(
                     f"gradient diagnostics: no trainable parameter is reached by two or more of "
                     f"the terms {list(names)}; pass shared_parameters= to name the shared ones"

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_losses import shared
+from lightning_losses.aggregation import jacobian
 from lightning_losses.weighting.base import PerTerm
 
 
@@ -70,7 +71,7 @@ class GradNorm(PerTerm):
             seen = self.initial_losses[index]
             first = torch.where(torch.isnan(seen), losses.detach().to(seen.dtype), seen)
             self.initial_losses[index] = first  # no host sync: set where still NaN
-        norms = torch.stack([_norm(losses[i], self._shared) for i in range(len(losses))])
+        norms = jacobian(list(losses.unbind()), self._shared).norm(dim=1)  # no graph: detached
         grad_norms = weights * norms  # G_k; differentiable in w only
         rates = losses.detach() / first.to(losses.dtype)
         relative = rates / rates.mean()
@@ -91,10 +92,3 @@ def _shared_prefixes(value: str | Sequence[str]) -> tuple[str, ...]:
     if not prefixes:
         raise ValueError("GradNorm(shared=...) is empty; expected the shared layer's name")
     return prefixes
-
-
-def _norm(loss: Tensor, params: list[nn.Parameter]) -> Tensor:
-    """``|| grad_params loss ||``, detached: one backward from ``loss`` to ``params``."""
-    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    squares = [g.detach().pow(2).sum() for g in grads if g is not None]
-    return torch.stack(squares).sum().sqrt() if squares else loss.new_zeros(())
