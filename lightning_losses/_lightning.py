@@ -84,3 +84,50 @@ def checkpoint_entry(path: Any, key: str) -> dict[str, Any]:
         return {}
     entry = checkpoint.get(key) if isinstance(checkpoint, dict) else None
     return entry if isinstance(entry, dict) else {}
+
+
+def running(trainer: pl.Trainer) -> str:
+    """What the trainer runs now: ``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``."""
+    fn = trainer.state.fn
+    return fn.value if fn is not None else ""
+
+
+def current_dataloader_idx(module: pl.LightningModule) -> int:
+    """The index of the evaluation loader whose batch is being run, for a ``total_loss`` call
+    from a user's own ``validation_step`` that does not pass it.
+
+    Lightning keeps it on the result collection (``on_batch_start``), where ``self.log`` reads it
+    to add the ``/dataloader_idx_<i>`` suffix; it is ``None`` with one loader.
+    """
+    trainer = module._trainer
+    results = getattr(trainer, "_results", None) if trainer is not None else None
+    index = getattr(results, "dataloader_idx", None)
+    return int(index) if index is not None else 0
+
+
+def num_eval_dataloaders(trainer: pl.Trainer, stage: str) -> int:
+    """How many loaders the running evaluation iterates (Lightning's public batch counts)."""
+    counts = trainer.num_val_batches if stage == "val" else trainer.num_test_batches
+    return max(1, len(counts))
+
+
+def publish_eval_metrics(trainer: pl.Trainer, per_loader: list[Mapping[str, float]]) -> None:
+    """Hand each loader's epoch means to Lightning as if that loader's steps had logged them.
+
+    Not ``self.log`` from the epoch-end hook: Lightning adds what is logged there to *every*
+    loader's result dict, so ``trainer.validate()`` would return the same dict for all loaders.
+    The evaluation loop keeps one dict per loader (``_logged_outputs``, filled before the
+    epoch-end hook and written to the loggers as one row right after it); adding our values there
+    gives exactly Lightning's own per-loader behaviour, in float64. ``callback_metrics`` (what
+    ``ModelCheckpoint`` and ``EarlyStopping`` monitor) and ``logged_metrics`` get them too.
+    """
+    loop = trainer._evaluation_loop
+    outputs: list[dict[str, Any]] = loop._logged_outputs
+    connector = trainer._logger_connector
+    for index, means in enumerate(per_loader):
+        tensors = {name: torch.tensor(value, dtype=torch.float64) for name, value in means.items()}
+        while len(outputs) <= index:  # a loader that ran no batch has no dict yet
+            outputs.append({})
+        outputs[index].update(tensors)
+        trainer.callback_metrics.update(tensors)
+        connector._logged_metrics.update(tensors)

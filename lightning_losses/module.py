@@ -9,7 +9,6 @@ interval. This class decides *when* things happen; the other modules decide *wha
 from __future__ import annotations
 
 import functools
-import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
@@ -17,14 +16,16 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.data import extract_batch_size
 from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from lightning_losses import _lightning, aggregation, collectives, hparams, routing, summaries
+from lightning_losses import terms as terms_module
+from lightning_losses.batches import batch_size
 from lightning_losses.diagnostics import GradientDiagnostics, diagnostic_names, gradient_statistics
+from lightning_losses.log import EPOCH_SUFFIX, SKIPPED_STEPS, LossLog
 from lightning_losses.plan import StepPlan
 from lightning_losses.shared import SharedParameters
 from lightning_losses.terms import (
@@ -36,12 +37,15 @@ from lightning_losses.terms import (
     no_terms_message,
     parse_output,
 )
-from lightning_losses.tracking import KeyRegistry, MeanAccumulator, Reduced, accumulator_dtype
+from lightning_losses.tracking import Reduced, accumulator_dtype
 from lightning_losses.weights import LossWeights, WeightValue
 
 Stage = Literal["train", "val", "test"]
 NonFinite = Literal["raise", "skip", "off"]
 NONFINITE_MODES = ("raise", "skip", "off")
+STAGES = ("train", "val", "test")
+#: Lightning's advice for epoch-level values under DDP; ours are reduced over ranks already.
+_SYNC_DIST_ADVICE = r"It is recommended to use `self\.log\('"
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 # Class return types let LightningCLI build these from ``class_path`` + ``init_args``.
 SchedulerFactory = Callable[[Optimizer], LRScheduler | ReduceLROnPlateau | Mapping[str, Any]]
@@ -156,23 +160,15 @@ class LossDictModule(pl.LightningModule):
             if grad_diagnostics_every_n_steps is not None
             else None
         )
-        self._diagnostic_slots: dict[tuple[str, ...], tuple[int, tuple[str, ...], Tensor]] = {}
         self._undiagnosable: set[tuple[str, ...]] = set()  # key sets warned about
-
-        self._registry = KeyRegistry()
-        # Only the window is updated per step; it drains into the epoch accumulator when it is
-        # written and at epoch end, so the epoch means cost nothing on ordinary steps.
-        self._window = MeanAccumulator(self._registry)
-        self._epoch = MeanAccumulator(self._registry)
-        self._eval = MeanAccumulator(self._registry)
-        self._plans: dict[tuple[Any, ...], StepPlan] = {}
-        # With constant weights the total is derived from the terms' sums at each write (see
-        # plan.py and _total_recipes).
-        self._derive_totals = weighting is None and not self._weights.has_schedules
+        #: Registry, windows, epoch and evaluation means, plans: see log.py.
+        self._log = LossLog()
+        self._warned_untrained: set[str] = set()
+        #: Route names of the checkpoint being resumed (None: one optimizer), see on_fit_start.
+        self._restored_routes: list[str] | bool | None = False
         self._warned_no_grad: set[str] = set()
         self._checked_unmatched = False
         self._drop_gradients = False
-        self._quieted: set[str] = set()
         self._summarized: set[str] = set()
         self._router: routing.Router | None = None
         #: Training steps skipped for non-finite losses (``nonfinite="skip"``), over all epochs.
@@ -203,32 +199,50 @@ class LossDictModule(pl.LightningModule):
         return self.model(batch)
 
     def training_step(self, batch: Any, batch_idx: int = 0) -> StepOutput:
+        if not self.automatic_optimization:
+            # Lightning would run no backward and no optimizer step for what this returns.
+            raise RuntimeError(
+                f"{type(self).__name__}.automatic_optimization is False, but the training_step "
+                "it runs is LossDictModule's, which relies on Lightning's automatic optimization; "
+                "expected automatic_optimization=True, or your own training_step that calls "
+                "self.manual_backward(self.total_loss(self(batch))) and steps the optimizers"
+            )
         return self.total_loss(self(batch), stage="train", batch=batch)
 
     def validation_step(
         self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0
     ) -> StepOutput:
-        return self.total_loss(self(batch), stage="val", batch=batch)
+        return self.total_loss(self(batch), stage="val", batch=batch, dataloader_idx=dataloader_idx)
 
     def test_step(self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0) -> StepOutput:
-        return self.total_loss(self(batch), stage="test", batch=batch)
+        return self.total_loss(
+            self(batch), stage="test", batch=batch, dataloader_idx=dataloader_idx
+        )
 
     def get_batch_size(self, batch: Any) -> int:
-        """The weight of a batch in ``val/`` and ``test/`` epoch means; override for odd batches."""
-        try:
-            return extract_batch_size(batch)
-        except Exception:  # no tensor in the batch: every batch counts once
-            return 1
+        """The weight of a batch in ``val/`` and ``test/`` epoch means: its number of samples
+        (see :func:`lightning_losses.batches.batch_size`); override for odd batches."""
+        return batch_size(batch)
 
-    def total_loss(self, output: Any, stage: Stage = "train", batch: Any = None) -> StepOutput:
+    def total_loss(
+        self,
+        output: Any,
+        stage: Stage = "train",
+        batch: Any = None,
+        dataloader_idx: int | None = None,
+    ) -> StepOutput:
         """Reduce what ``forward`` returned to the weighted total, and record every value.
 
         This is the whole of the provided ``*_step`` methods; call it from your own
         ``training_step`` to keep the reduction and logging. Returns what Lightning expects from a
         step: the total (with pass-through outputs, as a dict), or ``None`` when there is nothing
-        to learn from the batch.
+        to learn from the batch. ``dataloader_idx`` defaults to the loader Lightning is running.
         """
-        result = self._reduce(output, stage, batch)
+        if stage not in STAGES:
+            raise ValueError(f"stage={stage!r}; expected one of {', '.join(map(repr, STAGES))}")
+        if dataloader_idx is None:
+            dataloader_idx = _lightning.current_dataloader_idx(self) if stage != "train" else 0
+        result = self._reduce(output, stage, batch, dataloader_idx)
         if (
             stage == "train"
             and self._trainer_attached()
@@ -237,18 +251,25 @@ class LossDictModule(pl.LightningModule):
             self._write_window()
         return result
 
-    def _reduce(self, output: Any, stage: Stage, batch: Any) -> StepOutput:
-        parsed = parse_output(output, self._select)
+    def _reduce(self, output: Any, stage: Stage, batch: Any, loader: int) -> StepOutput:
+        parsed = parse_output(output, self._select, stage)
         training = stage == "train"
         if parsed is None or not parsed.terms:
             if training and parsed is not None:
                 raise ValueError(no_terms_message(parsed, self._select, repr(self.loss_keys)))
             if parsed is not None and parsed.metrics:
-                self._record(stage, parsed, None, None, None, batch)
+                self._record(stage, parsed, None, None, None, batch, loader)
             return self._nothing_to_learn() if training else _step_output(None, parsed)
+        if (
+            not training
+            and not self._select.explicit
+            and not self._select.trained
+            and (len(parsed.terms) > 1 or parsed.metrics)  # a lone value can only be the loss
+        ):
+            self._warn_untrained_eval(stage, parsed)
 
-        plan = self._plan(stage, parsed)
-        losses = torch.stack(list(parsed.terms.values()))
+        plan = self._plan(stage, parsed, loader)
+        losses = _stack_terms(parsed.terms)
         if losses.dtype is not torch.float32 and losses.dtype is not torch.float64:
             losses = losses.float()  # half-precision terms: reduce and log in full precision
         step = self._global_step()
@@ -285,7 +306,7 @@ class LossDictModule(pl.LightningModule):
             objective = self._gradient_objective(plan.terms, terms, losses, weights, total)
             if penalty is not None and objective is not total:
                 objective = objective + penalty  # the strategy's own parameters learn from it
-        self._record(stage, parsed, plan, losses, total, batch, weights, step)
+        self._record(stage, parsed, plan, losses, total, batch, loader, weights, step)
         return _step_output(objective, parsed)
 
     def _gradient_objective(
@@ -336,41 +357,24 @@ class LossDictModule(pl.LightningModule):
             return
         values = gradient_statistics(terms, params).detach()
         values = values.to(accumulator_dtype(values.device))
-        cached = self._diagnostic_slots.get(names)
-        version = self._registry.version
-        if cached is None or cached[0] != version or cached[2].device != values.device:
-            logged = diagnostic_names(names)
-            slots = self._registry.slots(logged, ["diagnostic"] * len(logged))
-            cached = (
-                version,
-                logged,
-                torch.tensor(slots, dtype=torch.long, device=values.device),
-            )
-            self._diagnostic_slots[names] = cached
-        self._window.update(cached[1], cached[2], values)
+        self._log.record_diagnostics(diagnostic_names(names), values)
 
     # ------------------------------------------------------------------ recording
 
-    def _plan(self, stage: Stage, parsed: ParsedOutput) -> StepPlan:
+    def _plan(self, stage: Stage, parsed: ParsedOutput, loader: int) -> StepPlan:
         tensor_metrics = tuple(k for k, v in parsed.metrics.items() if isinstance(v, Tensor))
         number_metrics = tuple(k for k, v in parsed.metrics.items() if not isinstance(v, Tensor))
         terms = tuple(parsed.terms)
-        key = (stage, terms, tensor_metrics, number_metrics)
-        plan = self._plans.get(key)
-        if plan is None:
-            weight_plan = self._weights.plan(terms)
-            if stage != "train":
-                logged: tuple[int, ...] = ()
-            elif self.weighting is not None:
-                logged = tuple(range(len(terms)))
-            else:
-                logged = weight_plan.logged
-            derived = self._derive_totals and bool(terms)
-            plan = StepPlan(
-                stage, terms, tensor_metrics, number_metrics, weight_plan, logged, derived
-            )
-            self._plans[key] = plan
-        return plan
+        weight_plan = self._weights.plan(terms)
+        if stage != "train":
+            logged: tuple[int, ...] = ()
+        elif self.weighting is not None:
+            logged = tuple(range(len(terms)))
+        else:
+            logged = weight_plan.logged
+        return self._log.plan(
+            stage, loader, terms, tensor_metrics, number_metrics, weight_plan, logged
+        )
 
     def _record(
         self,
@@ -380,26 +384,21 @@ class LossDictModule(pl.LightningModule):
         losses: Tensor | None,
         total: Tensor | None,
         batch: Any,
+        loader: int,
         weights: Tensor | None = None,
         step: int = 0,
     ) -> None:
         """Add this step's values, in the plan's layout, to the stage's accumulator."""
         if plan is None:
-            plan = self._plan(stage, parsed)
+            plan = self._plan(stage, parsed, loader)
         device = self.device if losses is None else losses.device
         with torch.no_grad():
-            if plan.terms_only:
-                values = plan.buffer(device).copy_(losses)  # type: ignore[arg-type]
-            else:
-                values = self._concatenate(plan, parsed, losses, total, weights, device)
-        slots = plan.slots(self._registry, device)
+            values = self._concatenate(plan, parsed, losses, total, weights, device)
         if stage == "train":
-            self._window.update(plan.logged_names, slots, values)
-            if self.nonfinite == "raise" and losses is not None:
-                term_values = values if plan.terms_only else values[: len(plan.terms)]
-                self._window.note_nonfinite(plan.term_slots, term_values, step)
+            check = self.nonfinite == "raise" and losses is not None
+            self._log.record_train(plan, values, step, check)
         else:
-            self._eval.update(plan.logged_names, slots, values, float(self.get_batch_size(batch)))
+            self._log.record_eval(plan, values, loader, float(self.get_batch_size(batch)))
 
     @staticmethod
     def _concatenate(
@@ -411,19 +410,37 @@ class LossDictModule(pl.LightningModule):
         device: torch.device,
     ) -> Tensor:
         """The step's values in the plan's layout, cast into its float64 buffer in one op."""
+        buffer = plan.buffer(device)
+        if plan.terms_and_total and total is not None:
+            if plan.sole_total:
+                return buffer.copy_(total.view(1))
+            return torch.cat((losses, total.view(1)), out=buffer)  # type: ignore[arg-type]
         parts: list[Tensor] = []
-        if losses is not None:
+        if losses is not None and not plan.sole_total:
             parts.append(losses)
-        if total is not None and not plan.derived_total:
+        if total is not None:
             parts.append(total.view(1))
         if plan.tensor_metrics:
-            parts.append(torch.stack([parsed.metrics[k] for k in plan.tensor_metrics]))  # type: ignore[misc]
+            metrics = [parsed.metrics[k] for k in plan.tensor_metrics]
+            parts.append(torch.stack([m.to(device) for m in metrics]).to(buffer.dtype))  # type: ignore[union-attr]
         if plan.number_metrics:
             numbers = [float(parsed.metrics[k]) for k in plan.number_metrics]
-            parts.append(torch.tensor(numbers).to(device, non_blocking=True))
+            parts.append(torch.tensor(numbers, dtype=buffer.dtype).to(device, non_blocking=True))
         if plan.logged_weights and weights is not None:
             parts.append(weights if plan.logs_every_weight else weights[plan.weight_index(device)])
-        return torch.cat(parts, out=plan.buffer(device))
+        return torch.cat([p.to(buffer.dtype) for p in parts], out=buffer)
+
+    def _warn_untrained_eval(self, stage: Stage, parsed: ParsedOutput) -> None:
+        names = [name for name in parsed.terms if name not in self._warned_untrained]
+        if not names:
+            return
+        self._warned_untrained.update(names)
+        rank_zero_warn(
+            f"{stage}: no training step has told loss terms from metrics yet (it goes by which "
+            f"values carry a gradient), so every 0-dim floating value counts as a term of "
+            f"{stage}/loss: {', '.join(map(repr, names))}. Pass loss_keys= to decide, or load a "
+            "checkpoint of a trained model."
+        )
 
     def _warn_no_grad(self, parsed: ParsedOutput) -> None:
         if not torch.is_grad_enabled():
@@ -480,13 +497,11 @@ class LossDictModule(pl.LightningModule):
     # ------------------------------------------------------------------ writing
 
     def _write_window(self) -> None:
-        self._window.drain_into(self._epoch)
-        reduced = self._window.compute(self.device, derived=self._total_recipes)
-        self._window.reset()
+        reduced = self._log.write(self.device)
         self._raise_if_nonfinite(reduced)
         metrics = reduced.means
         if self.nonfinite == "skip":
-            metrics["train/skipped_steps"] = float(self.skipped_steps)
+            metrics[f"train/{SKIPPED_STEPS}"] = float(self.skipped_steps)
         self._define_summaries(metrics)
         _lightning.publish_step_metrics(self.trainer, metrics, self._prog_bar)
 
@@ -494,31 +509,15 @@ class LossDictModule(pl.LightningModule):
         """Give loss names their ``min`` summary in W&B, once each, before their first write."""
         if metrics.keys() <= self._summarized:
             return
-        kind_of = self._registry.kind_of
+        kind_of = self._log.kind_of
         new = [
             name
             for name in metrics
             if name not in self._summarized
-            and (kind_of.get(name) or kind_of.get(name.removesuffix("_epoch"))) in ("term", "total")
+            and (kind_of(name) or kind_of(name.removesuffix(EPOCH_SUFFIX))) in ("term", "total")
         ]
         self._summarized.update(metrics)
         summaries.define_min_summaries(self.trainer, new)
-
-    def _total_recipes(self, registry: KeyRegistry) -> dict[str, dict[str, float]]:
-        """Each stage's total as a weighted sum of its terms, over every term any rank has seen.
-
-        Built from the agreed registry, not from this rank's plans: a term present on another
-        rank only still counts in the total this rank derives.
-        """
-        if not self._derive_totals:
-            return {}
-        recipes: dict[str, dict[str, float]] = {}
-        for name in registry.names[: registry.agreed]:
-            if registry.kind_of[name] == "term":
-                stage, term = name.split("/", 1)
-                weight = self._weights.resolve(term)
-                recipes.setdefault(f"{stage}/{TOTAL}", {})[name] = float(weight)  # type: ignore[arg-type]
-        return recipes
 
     def _raise_if_nonfinite(self, reduced: Reduced) -> None:
         if self.nonfinite != "raise" or not reduced.nonfinite:
@@ -536,42 +535,46 @@ class LossDictModule(pl.LightningModule):
             "Pass nonfinite='skip' to skip such steps, or nonfinite='off' to disable this check."
         )
 
-    def _log_epoch(self, metrics: Mapping[str, float]) -> None:
-        # self.log (not a direct logger write) so that trainer.validate()/test() return these
-        # values and callbacks can monitor them; the values are already means over all ranks.
-        self._define_summaries(metrics)
-        for name, value in metrics.items():
-            if name not in self._quieted:
-                self._quieted.add(name)
-                # Under DDP Lightning advises sync_dist=True for epoch-level values: ours are
-                # already reduced over all ranks, and syncing again costs a collective per key.
-                warnings.filterwarnings(
-                    "ignore", message=re.escape(f"It is recommended to use `self.log({name!r},")
-                )
-            self.log(name, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=False)
+    # ------------------------------------------------------------------ lifecycle hooks
+
+    def on_fit_start(self) -> None:
+        self._log.begin("fit")
+        self._check_restored_routes()
 
     def on_train_epoch_end(self) -> None:
-        self._window.drain_into(self._epoch)
-        reduced = self._epoch.compute(self.device, derived=self._total_recipes)
-        self._epoch.reset()
+        reduced = self._log.end_train_epoch(self.device)
         self._raise_if_nonfinite(reduced)
         epoch_end = getattr(self.weighting, "epoch_end", None)
         if epoch_end is not None:
-            kind_of = self._registry.kind_of
+            kind_of = self._log.kind_of
             epoch_end(
                 {
                     name.split("/", 1)[1]: value
                     for name, value in reduced.means.items()
-                    if name.startswith("train/") and kind_of.get(name) == "term"
+                    if name.startswith("train/") and kind_of(name) == "term"
                 }
             )
-        self._log_epoch(
-            {
-                f"{name}_epoch": value
-                for name, value in reduced.means.items()
-                if name.startswith("train/")
-            }
-        )
+        epoch_means = {
+            f"{name}{EPOCH_SUFFIX}": value
+            for name, value in reduced.means.items()
+            if name.startswith("train/")
+        }
+        self._define_summaries(epoch_means)
+        # self.log (not a direct logger write) so that these land in Lightning's own epoch-end
+        # row and callbacks can monitor them. The values are already means over all ranks:
+        # Lightning's advice to pass sync_dist=True would cost one collective per key, so that
+        # one warning is silenced here, locally, rather than by a global filter per name.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_SYNC_DIST_ADVICE)
+            for name, value in epoch_means.items():
+                self.log(
+                    name,
+                    torch.tensor(value, dtype=torch.float64),
+                    on_step=False,
+                    on_epoch=True,
+                    batch_size=1,
+                    sync_dist=False,
+                )
         if not self._checked_unmatched:
             self._checked_unmatched = True
             routes = self._router.unmatched() if self._router is not None else []
@@ -586,22 +589,39 @@ class LossDictModule(pl.LightningModule):
                         "training epoch; check its spelling"
                     )
 
+    def on_train_end(self) -> None:
+        # Training stopped (max_epochs, max_steps, a callback's should_stop, a Timer): the steps
+        # since the last write are still to be written.
+        if self._log.window_open:
+            self._write_window()
+
+    def on_validation_start(self) -> None:
+        # validate(): a call of its own; a validation inside fit belongs to the fit's session
+        if _lightning.running(self.trainer) != "fit":
+            self._log.begin("validate")
+
+    def on_test_start(self) -> None:
+        self._log.begin("test")
+
     def on_validation_epoch_start(self) -> None:
-        self._eval.reset()
+        self._log.begin_eval("val", _lightning.num_eval_dataloaders(self.trainer, "val"))
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")
 
     def on_test_epoch_start(self) -> None:
-        self._eval.reset()
+        self._log.begin_eval("test", _lightning.num_eval_dataloaders(self.trainer, "test"))
 
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
 
     def _log_eval(self, stage: Stage) -> None:
-        reduced = self._eval.compute(self.device, derived=self._total_recipes)
-        self._eval.reset()
-        self._log_epoch({k: v for k, v in reduced.means.items() if k.startswith(f"{stage}/")})
+        per_loader = [reduced.means for reduced in self._log.end_eval(stage, self.device)]
+        if self.trainer.sanity_checking:
+            return  # Lightning writes nothing of the sanity check either
+        for means in per_loader:
+            self._define_summaries(means)
+        _lightning.publish_eval_metrics(self.trainer, per_loader)
 
     # ------------------------------------------------------------------ optimizers, checkpoints
 
@@ -646,13 +666,15 @@ class LossDictModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        router = self._route_for_step()
         ours: dict[str, Any] = {
             "skipped_steps": self.skipped_steps,
             # the partly filled window and epoch, so that a resumed run writes what an
-            # uninterrupted one would have (see on_load_checkpoint for DDP)
-            "registry": self._registry.state(),
-            "window": self._window.state(),
-            "epoch": self._epoch.state(),
+            # uninterrupted one would have (see LossLog.load_state for DDP)
+            **self._log.state(),
+            # training's term/metric verdicts, so that evaluation after a reload sums the same
+            "classification": self._select.state(),
+            "routes": router.route_names() if router is not None else None,
         }
         stored = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
         if stored is not None:
@@ -702,16 +724,40 @@ class LossDictModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(_CHECKPOINT_KEY, {})
         self.skipped_steps = int(state.get("skipped_steps", 0))
-        if "registry" not in state:
+        if "classification" in state:
+            self._select.load_state(state["classification"])
+        if "routes" in state:
+            self._restored_routes = state["routes"]
+        # Resuming a fit (Lightning restores the module just before the fit starts): the saved
+        # windows continue; any other load starts whatever runs next from empty windows.
+        resuming = self._trainer_attached() and _lightning.running(self.trainer) == "fit"
+        rank = self.trainer.global_rank if self._trainer_attached() else 0
+        if resuming:
+            self._log.load_state(state, apply_now=False, rank=rank)
+
+    def _check_restored_routes(self) -> None:
+        """Resuming with other per-key routes (or per-key <-> one optimizer) cannot work: say
+        which routes differ before Lightning fails inside ``load_state_dict``."""
+        saved, self._restored_routes = self._restored_routes, False
+        if saved is False:
             return
-        # Under DDP the file is rank 0's: every rank restores the agreed names (identical on
-        # all ranks at saving), but only rank 0 its partial sums. The first write after resuming
-        # then pools rank 0's steps before the checkpoint with every rank's steps after it.
-        first = not self._trainer_attached() or self.trainer.global_rank == 0
-        self._registry.load_state(state["registry"], pending=first)
-        if first:
-            self._window.load_state(state["window"], self.device)
-            self._epoch.load_state(state["epoch"], self.device)
+        router = self._route_for_step()
+        current = router.route_names() if router is not None else None
+        if saved == current:
+            return
+        def describe_routes(routes: list[str] | None) -> str:
+            return "one optimizer" if routes is None else f"routes {routes}"
+        detail = ""
+        if saved is not None and current is not None:
+            missing = sorted(set(saved) - set(current))
+            new = sorted(set(current) - set(saved))
+            detail = f" (in the checkpoint only: {missing}; in this module only: {new})"
+        raise ValueError(
+            f"the checkpoint being resumed was trained with {describe_routes(saved)}, but "
+            f"configure_optimizers now returns {describe_routes(current)}{detail}; expected the "
+            "same optimizers to resume their state. To start a new fit from the weights, load "
+            "them with load_from_checkpoint and call fit without ckpt_path."
+        )
 
     # ------------------------------------------------------------------ helpers
 
@@ -722,8 +768,27 @@ class LossDictModule(pl.LightningModule):
         return self.trainer.global_step if self._trainer_attached() else 0
 
 
+def _stack_terms(terms: Mapping[str, Tensor]) -> Tensor:
+    """The terms as one vector; a clear error where torch's would not name the keys."""
+    try:
+        losses = torch.stack(list(terms.values()))
+    except RuntimeError:
+        terms_module.check_term_devices(terms)
+        raise
+    if losses.is_meta:
+        terms_module.check_term_devices(terms)
+    return losses
+
+
 def _step_output(total: Tensor | None, parsed: ParsedOutput | None) -> StepOutput:
-    """What a ``*_step`` returns: the total, with any pass-through outputs beside it."""
+    """What a ``*_step`` returns: the total, with any pass-through outputs beside it.
+
+    A pass-through output named ``loss`` (a tensor of shape (1,), an HF model's ``loss=None``) is
+    dropped: under that name Lightning backpropagates, and only the total may be there.
+    """
     if parsed is None or not parsed.outputs:
         return total
-    return {TOTAL: total, **parsed.outputs} if total is not None else dict(parsed.outputs)
+    outputs = {name: value for name, value in parsed.outputs.items() if name != TOTAL}
+    if total is None:
+        return outputs or None
+    return {TOTAL: total, **outputs} if outputs else total

@@ -1,14 +1,18 @@
 """Everything about a step that depends only on its key set, computed once per key set.
 
 A model's key set changes rarely (optional heads come and go), so a :class:`StepPlan` caches the
-logged names, the weight plan and the device index tensors; the per-step path is then a handful of
-tensor ops over one stacked vector whose layout the plan fixes:
+logged names and the device index tensors; the per-step path is then a handful of tensor ops over
+one stacked vector whose layout the plan fixes:
 
-    [term_1 .. term_K, (total), tensor metrics .., number metrics .., weights not constantly 1 ..]
+    [term_1 .. term_K, total, tensor metrics .., number metrics .., weights not constantly 1 ..]
 
-The total is left out when every weight is a constant (``derived_total``): its window sum is then
-exactly ``sum_k w_k * S_k`` of the terms' sums ``S_k``, derived when the window is written, and the
-common step (terms only) needs no concatenation at all.
+The total is always accumulated as its own value (never derived from the terms' sums at write
+time): a derivation re-weights the steps of a window by whatever weights hold when it is written,
+which is wrong after a resume with other ``loss_weights``, and under DDP it needs every rank to
+know the kind of every name. The cost is one more element in a concatenation that happens anyway.
+
+When the only term is named ``loss`` (a bare scalar return, a HuggingFace output), the term *is*
+the total: it is logged once, as the total, and not also as a term of the same name.
 """
 
 from __future__ import annotations
@@ -27,6 +31,13 @@ WEIGHT_PREFIX = "weight"
 
 @dataclass
 class StepPlan:
+    """The layout of one step's values and the names they are logged under.
+
+    ``prefix`` is the stage (``train``, ``val``, ``test``) and ``suffix`` the dataloader part
+    (``/dataloader_idx_1``) that every logged name of an evaluation step with several loaders
+    carries, as Lightning's own ``self.log`` would add it.
+    """
+
     stage: str
     terms: tuple[str, ...]
     tensor_metrics: tuple[str, ...]
@@ -34,62 +45,73 @@ class StepPlan:
     weights: WeightPlan
     #: Positions (into ``terms``) of the weights that are logged as ``weight/<term>``.
     logged_weights: tuple[int, ...]
-    #: Whether the total is derived from the terms' sums at write time (constant weights).
-    derived_total: bool
-    #: Every name this step counts towards (its presence); the total included.
+    suffix: str = ""
+    #: Every name this step counts towards, in the order of the step's value vector.
     logged_names: tuple[str, ...] = field(init=False)
-    #: The names whose values travel in the step's device vector, in its order.
-    value_names: tuple[str, ...] = field(init=False)
+    kinds: tuple[str, ...] = field(init=False)
     total_name: str = field(init=False)
-    #: ``slots`` of the loss terms alone (a view), for non-finite tracking.
-    term_slots: Tensor | None = field(default=None, init=False)
+    #: The sole term is named ``loss``: the stacked terms are not logged apart from the total.
+    sole_total: bool = field(init=False)
+    #: Position of the total in the value vector (the terms' values come before it).
+    total_position: int = field(init=False)
     _slots: Tensor | None = field(default=None, init=False)
     _buffer: Tensor | None = field(default=None, init=False)
     _weight_index: Tensor | None = field(default=None, init=False)
     _version: int = field(default=-1, init=False)
 
     def __post_init__(self) -> None:
-        stage = self.stage
-        self.total_name = f"{stage}/{TOTAL}"
-        terms = [f"{stage}/{t}" for t in self.terms]
+        stage, suffix = self.stage, self.suffix
+        self.total_name = f"{stage}/{TOTAL}{suffix}"
+        self.sole_total = self.terms == (TOTAL,)
+        terms = [] if self.sole_total else [f"{stage}/{t}{suffix}" for t in self.terms]
         total = [self.total_name] if self.terms else []
-        rest = [f"{stage}/{m}" for m in self.tensor_metrics + self.number_metrics]
-        rest += [f"{WEIGHT_PREFIX}/{self.terms[i]}" for i in self.logged_weights]
-        self.logged_names = tuple(terms + total + rest)
+        metrics = [f"{stage}/{m}{suffix}" for m in self.tensor_metrics + self.number_metrics]
+        weights = [f"{WEIGHT_PREFIX}/{self.terms[i]}" for i in self.logged_weights]
+        self.logged_names = tuple(terms + total + metrics + weights)
         self.kinds = tuple(
             ["term"] * len(terms)
             + ["total"] * len(total)
-            + ["metric"] * (len(self.tensor_metrics) + len(self.number_metrics))
-            + ["weight"] * len(self.logged_weights)
+            + ["metric"] * len(metrics)
+            + ["weight"] * len(weights)
         )
-        self.value_names = tuple(terms + ([] if self.derived_total else total) + rest)
+        self.total_position = len(terms)
         self.logs_every_weight = self.logged_weights == tuple(range(len(self.terms)))
-        #: The step's device vector is the stacked terms themselves: no concatenation needed.
-        self.terms_only = self.value_names == tuple(terms)
+        #: The step's vector is ``[terms.., total]``: one concatenation of two tensors.
+        self.terms_and_total = len(self.logged_names) == len(terms) + len(total)
 
     def slots(self, registry: KeyRegistry, device: torch.device) -> Tensor:
-        """Registry slots of ``value_names``, as a device tensor, refreshed when slots move."""
+        """Registry slots of ``logged_names``, as a device tensor, refreshed when slots move."""
         if self._slots is None or self._version != registry.version or self._slots.device != device:
-            registry.slots(self.logged_names, self.kinds)  # the derived total gets a slot too
+            slots = registry.slots(self.logged_names, self.kinds)
             self._version = registry.version
-            self._slots = torch.tensor(
-                registry.slots(self.value_names), dtype=torch.long, device=device
-            )
-            self.term_slots = self._slots[: len(self.terms)]
+            with torch.inference_mode(False):  # also used by training after a validate()
+                self._slots = torch.tensor(slots, dtype=torch.long, device=device)
         return self._slots
+
+    @property
+    def nonfinite_slots(self) -> Tensor:
+        """Slots of the values checked for non-finite losses: the terms, or the sole total."""
+        assert self._slots is not None
+        return self._slots[: max(self.total_position, 1)]
 
     def buffer(self, device: torch.device) -> Tensor:
         """A reusable buffer for one step's values, in the accumulators' dtype.
 
         Reuse is safe: the accumulator's ``index_add_`` that reads it is queued on the same
-        stream before the next step's write into it.
+        stream before the next step's write into it. Made outside inference mode so that a plan
+        first built during ``trainer.validate()`` still works in training.
         """
         if self._buffer is None or self._buffer.device != device:
-            dtype = accumulator_dtype(device)
-            self._buffer = torch.empty(len(self.value_names), dtype=dtype, device=device)
+            with torch.inference_mode(False):
+                self._buffer = torch.empty(
+                    len(self.logged_names), dtype=accumulator_dtype(device), device=device
+                )
         return self._buffer
 
     def weight_index(self, device: torch.device) -> Tensor:
         if self._weight_index is None or self._weight_index.device != device:
-            self._weight_index = torch.tensor(self.logged_weights, dtype=torch.long, device=device)
+            with torch.inference_mode(False):
+                self._weight_index = torch.tensor(
+                    self.logged_weights, dtype=torch.long, device=device
+                )
         return self._weight_index

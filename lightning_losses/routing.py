@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from lightning_losses.cache import BoundedCache
 from lightning_losses.terms import TOTAL, describe
 
 Route = tuple[str, ...]  # the terms of a route; ("loss",) is the weighted total
@@ -91,6 +92,17 @@ class RoutedOptimizer(Optimizer):
         return {route_name(r): opt.state_dict() for r, opt in self.optimizers.items()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        expected = [route_name(r) for r in self.optimizers]
+        if "param_groups" in state_dict or set(state_dict) != set(expected):
+            found = (
+                "the state of one optimizer"
+                if "param_groups" in state_dict
+                else f"routes {sorted(state_dict)}"
+            )
+            raise ValueError(
+                f"cannot load optimizer state saved for {found} into per-key optimizers with "
+                f"routes {expected}; expected a checkpoint saved with the same routes"
+            )
         for route, opt in self.optimizers.items():
             opt.load_state_dict(state_dict[route_name(route)])
 
@@ -245,7 +257,7 @@ class Router:
             route: [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
             for route, opt in optimizer.optimizers.items()
         }
-        self._fast: dict[tuple[str, ...], bool] = {}
+        self._fast: BoundedCache[tuple[str, ...], bool] = BoundedCache()
         self.matched: set[Route] = set()
 
     def members(self, route: Route, terms: tuple[str, ...]) -> list[int]:
@@ -267,7 +279,7 @@ class Router:
                 if any(reach[i] & owned for i in range(len(terms)) if i not in inside):
                     verdict = False
                     break
-            self._fast[terms] = verdict
+            self._fast.put(terms, verdict)
         return verdict
 
     def note(self, terms: tuple[str, ...]) -> None:
@@ -300,6 +312,10 @@ class Router:
 
     def unmatched(self) -> list[str]:
         return [route_name(r) for r in self.routes if r not in self.matched]
+
+    def route_names(self) -> list[str]:
+        """The routes as they are named in checkpoints, in the order given."""
+        return [route_name(r) for r in self.routes]
 
 
 def routed_optimizer(optimizers: Iterable[Any]) -> RoutedOptimizer | None:

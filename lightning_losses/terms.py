@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 #: ``loss_keys`` as users may give it: ``None`` (every 0-dim floating tensor), names or glob
@@ -53,11 +54,19 @@ def is_scalar(value: Any) -> bool:
 
 
 class KeySelector:
-    """Decides which flattened entries are loss terms.
+    """Decides which flattened entries are loss terms, and remembers training's verdicts.
 
-    Keys repeat from step to step, so each name's verdict is computed once and cached; the
-    literal names and patterns that matched are remembered so that a ``loss_keys`` entry which
-    never matched anything can be reported after the first epoch.
+    With ``loss_keys=None`` a training entry is a term when it is a 0-dim floating tensor that
+    carries a gradient: an accuracy from ``argmax`` or a value computed under ``no_grad`` is a
+    metric, never summed into the loss. Evaluation runs without gradients, so it asks training's
+    verdicts instead: ``val/loss`` is the same weighted sum as ``train/loss``. A name that has been
+    a term once stays one (a curve does not change meaning mid-run); the verdicts travel in
+    checkpoints. Before any training step there is no verdict, and evaluation falls back to
+    "every 0-dim floating tensor is a term" (the caller warns once).
+
+    Explicit ``loss_keys`` decide by name alone, in every stage. Verdicts on names and patterns are
+    cached; the entries of ``loss_keys`` that matched are remembered so that one which never
+    matched anything can be reported after the first epoch.
     """
 
     def __init__(self, loss_keys: LossKeys = None) -> None:
@@ -80,6 +89,9 @@ class KeySelector:
             )
         self._verdicts: dict[str, bool] = {}
         self._matched: set[str] = set()
+        #: Names training has classified: terms (carried a gradient at least once) and metrics.
+        self.trained_terms: set[str] = set()
+        self.trained_metrics: set[str] = set()
 
     def _split(self, entries: list[Any]) -> None:
         for entry in entries:
@@ -90,6 +102,35 @@ class KeySelector:
                 )
         self._names = frozenset(e for e in entries if not is_pattern(e))
         self._patterns = tuple(e for e in entries if is_pattern(e))
+
+    @property
+    def trained(self) -> bool:
+        """Whether any training step has classified names (here or in a restored checkpoint)."""
+        return bool(self.trained_terms or self.trained_metrics)
+
+    def is_term(self, name: str, value: Any, training: bool) -> bool:
+        """Whether the entry ``name: value`` is a loss term in this stage (see the class doc)."""
+        if self.explicit:
+            return self(name)
+        if not is_loss_tensor(value):
+            return False
+        if training and torch.is_grad_enabled():
+            if value.requires_grad or name in self.trained_terms:
+                self.trained_terms.add(name)
+                self.trained_metrics.discard(name)
+                return True
+            self.trained_metrics.add(name)
+            return False
+        if self.trained:
+            return name in self.trained_terms
+        return True  # nothing has been trained yet: the structural rule
+
+    def state(self) -> dict[str, list[str]]:
+        return {"terms": sorted(self.trained_terms), "metrics": sorted(self.trained_metrics)}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.trained_terms = set(state.get("terms", ()))
+        self.trained_metrics = set(state.get("metrics", ())) - self.trained_terms
 
     def __call__(self, name: str) -> bool:
         verdict = self._verdicts.get(name)
@@ -176,19 +217,26 @@ def _check_key(key: Any, prefix: str) -> None:
         _VALID_KEYS.add(key)
 
 
-def parse_output(output: Any, select: KeySelector) -> ParsedOutput | None:
+def parse_output(
+    output: Any, select: KeySelector, stage: str = "train"
+) -> ParsedOutput | None:
     """Split a ``forward`` return value into loss terms, scalar metrics and pass-through outputs.
 
     Returns ``None`` for "nothing to learn from this batch": ``None`` or an empty mapping.
+    ``stage`` matters for the default rule (see :class:`KeySelector`): only training can tell a
+    term by its gradient.
     """
     if output is None:
         return None
+    training = stage == "train"
     if isinstance(output, Tensor):
         if not is_loss_tensor(output):
             raise TypeError(
                 f"forward returned {describe(output)}; expected a 0-dim floating tensor (the "
                 "loss), a mapping of names to losses and other values, or None"
             )
+        if training and torch.is_grad_enabled():
+            select.is_term(TOTAL, output, training)  # a verdict, so evaluation knows it too
         return ParsedOutput(terms={TOTAL: output})
     if not isinstance(output, Mapping):
         raise TypeError(
@@ -196,7 +244,7 @@ def parse_output(output: Any, select: KeySelector) -> ParsedOutput | None:
             "a mapping of names to losses and other values, or None"
         )
     if not select.explicit:
-        fast = _all_loss_terms(output)
+        fast = _all_loss_terms(output, select, training)
         if fast is not None:
             return fast
     flat = flatten(output)
@@ -205,19 +253,14 @@ def parse_output(output: Any, select: KeySelector) -> ParsedOutput | None:
     parsed = ParsedOutput()
     terms, explicit = parsed.terms, select.explicit
     for name, value in flat.items():
-        if explicit:
-            if select(name):
-                if not is_loss_tensor(value):
-                    raise TypeError(
-                        f"loss term {name!r} (selected by loss_keys) is {describe(value)}; "
-                        "expected a 0-dim floating tensor"
-                    )
-                terms[name] = value
-                continue
-        elif is_loss_tensor(value):
+        if select.is_term(name, value, training):
+            if explicit and not is_loss_tensor(value):
+                raise TypeError(
+                    f"loss term {name!r} (selected by loss_keys) is {describe(value)}; "
+                    "expected a 0-dim floating tensor"
+                )
             terms[name] = value
-            continue
-        if is_scalar(value):
+        elif is_scalar(value):
             parsed.metrics[name] = value
         else:
             parsed.outputs[name] = value
@@ -225,23 +268,28 @@ def parse_output(output: Any, select: KeySelector) -> ParsedOutput | None:
     return parsed
 
 
-def _all_loss_terms(output: Mapping[Any, Any]) -> ParsedOutput | None:
-    """The common step in one pass: a flat mapping of already-validated keys to loss tensors.
+def _all_loss_terms(
+    output: Mapping[Any, Any], select: KeySelector, training: bool
+) -> ParsedOutput | None:
+    """The common step in one pass: a flat mapping of known keys to loss terms.
 
-    Returns ``None`` (take the general path) as soon as anything else shows up.
+    Returns ``None`` (take the general path) as soon as anything else shows up: an unchecked key,
+    a value that is not a 0-dim floating tensor, one without a gradient in training, or a name
+    training has not seen as a term.
     """
-    if not output or (len(output) == 1 and TOTAL in output):
-        return None
+    if not output or TOTAL in output:
+        return None  # let the general path handle (or explain) the reserved name
+    known = select.trained_terms
+    grad = training and torch.is_grad_enabled()
     for key, value in output.items():
         if not (
             key in _VALID_KEYS
             and isinstance(value, Tensor)
             and value.ndim == 0
             and value.is_floating_point()
+            and ((value.requires_grad and key in known) if grad else key in known)
         ):
             return None
-    if TOTAL in output:
-        return None  # let the general path explain the reserved name
     return ParsedOutput(terms=dict(output))
 
 
@@ -271,9 +319,18 @@ def no_terms_message(parsed: ParsedOutput, select: KeySelector, selection: str) 
     wanted = (
         f"an entry selected by loss_keys={selection}"
         if select.explicit
-        else "a 0-dim floating tensor"
+        else "a 0-dim floating tensor that carries a gradient; 0-dim values without one are "
+        "logged as metrics, and a one-element loss of shape (1,) needs .squeeze()"
     )
     return (
         f"forward returned no loss term in training (found {found}); expected at least one "
         f"loss term ({wanted}), or None for a batch with nothing to learn"
     )
+
+
+def check_term_devices(terms: Mapping[str, Tensor]) -> None:
+    """Raise a ValueError naming each term's device when they are not all on one real device."""
+    devices = {name: value.device for name, value in terms.items()}
+    if len(set(devices.values())) > 1 or any(d.type == "meta" for d in devices.values()):
+        found = ", ".join(f"{name!r} on {device}" for name, device in devices.items())
+        raise ValueError(f"expected all loss terms on one real device; found {found}")

@@ -189,7 +189,10 @@ class MeanAccumulator:
                 self._set(self.data.to(device))
             return self.data
         capacity = max(16, 2 * needed)
-        data = torch.zeros(3, capacity, dtype=accumulator_dtype(device), device=device)
+        # Never an inference tensor: slots can move during an evaluation run (inference mode),
+        # and the training window is updated in place afterwards.
+        with torch.inference_mode(False):
+            data = torch.zeros(3, capacity, dtype=accumulator_dtype(device), device=device)
         if self.data is not None:
             data[:, : self.data.shape[1]] = self.data
         self._set(data)
@@ -266,7 +269,8 @@ class MeanAccumulator:
 
     def _grow_to(self, width: int) -> Tensor:
         assert self.data is not None
-        data = torch.zeros(3, width, dtype=self.data.dtype, device=self.data.device)
+        with torch.inference_mode(False):
+            data = torch.zeros(3, width, dtype=self.data.dtype, device=self.data.device)
         data[:, : self.data.shape[1]] = self.data
         self._set(data)
         return data

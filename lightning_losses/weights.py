@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
+from lightning_losses.cache import BoundedCache
 from lightning_losses.terms import describe, is_pattern
 
 #: A term's weight: a constant, or a schedule ``global_step -> weight``.
@@ -39,7 +40,8 @@ class WeightPlan:
             key = (device, dtype)
             cached = self._device_constants.get(key)
             if cached is None:
-                cached = torch.tensor(self._constants, dtype=dtype, device=device)
+                with torch.inference_mode(False):  # reused by training after a validate()
+                    cached = torch.tensor(self._constants, dtype=dtype, device=device)
                 self._device_constants[key] = cached
             return cached
         values = list(self._constants)
@@ -81,7 +83,7 @@ class LossWeights:
                 self._exact[name] = value
         self._resolved: dict[str, WeightValue] = {}
         self._matched: set[str] = set()
-        self._plans: dict[tuple[str, ...], WeightPlan] = {}
+        self._plans: BoundedCache[tuple[str, ...], WeightPlan] = BoundedCache()
 
     @property
     def has_schedules(self) -> bool:
@@ -108,7 +110,7 @@ class LossWeights:
         plan = self._plans.get(names)
         if plan is None:
             plan = WeightPlan(names, [self.resolve(n) for n in names])
-            self._plans[names] = plan
+            self._plans.put(names, plan)
         return plan
 
     def unmatched(self) -> list[str]:

@@ -15,9 +15,9 @@ from lightning_losses import LossDictModule
 
 
 def windows(values, every):
-    """Consecutive groups of ``every`` steps, as the trainer writes them (a trailing partial
-    group is never written)."""
-    return [values[i : i + every] for i in range(0, len(values) - every + 1, every)]
+    """Consecutive groups of ``every`` steps, as the trainer writes them; the trailing partial
+    group is written when training stops."""
+    return [values[i : i + every] for i in range(0, len(values), every)]
 
 
 def test_step_values_are_window_means_over_steps_across_epochs(memory_logger):
@@ -27,14 +27,14 @@ def test_step_values_are_window_means_over_steps_across_epochs(memory_logger):
     seg = [r["seg"] for r in model.records]
     depth = [r["depth"] for r in model.records]
     total = [s + 0.5 * d for s, d in zip(seg, depth)]
-    expected_steps = [2, 5, 8, 11, 14]
+    expected_steps = [2, 5, 8, 11, 14, 16]  # the last, partial window when training stops
     for name, per_step in (("train/seg", seg), ("train/depth", depth), ("train/loss", total)):
         logged = memory_logger.series(name)
         assert [step for step, _ in logged] == expected_steps
         assert [value for _, value in logged] == pytest.approx(
             [statistics.fmean(w) for w in windows(per_step, 3)], rel=1e-6
         )
-    assert [v for _, v in memory_logger.series("weight/depth")] == [0.5] * 5
+    assert [v for _, v in memory_logger.series("weight/depth")] == [0.5] * 6
     assert memory_logger.series("weight/seg") == []  # constant 1 is not logged
 
 
@@ -46,7 +46,8 @@ def test_epoch_means_cover_every_step_of_the_epoch(memory_logger):
     assert [v for _, v in logged] == pytest.approx(
         [statistics.fmean(seg[:8]), statistics.fmean(seg[8:])], rel=1e-6
     )
-    assert memory_logger.series("train/seg") == []  # 16 steps never reach a 50-step write
+    # 16 steps never reach a 50-step write: one write of all of them when training stops
+    assert memory_logger.series("train/seg") == [(16, pytest.approx(statistics.fmean(seg)))]
 
 
 def test_first_logged_values_equal_losses_computed_by_hand_from_initial_weights(memory_logger):

@@ -5,7 +5,8 @@ import torch
 
 from lightning_losses.terms import KeySelector, flatten, parse_output
 
-SCALAR = torch.tensor(1.5)
+# A loss term carries a gradient in training (API.md §1); metrics are built without one below.
+SCALAR = torch.tensor(1.5, requires_grad=True)
 
 
 def parse(output, loss_keys=None):

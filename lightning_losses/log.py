@@ -1,0 +1,252 @@
+"""The logging lifecycle of one ``LossDictModule``, as one object that knows nothing of Lightning.
+
+Every bug of 0.1's logging was a lifecycle bug: accumulators that outlived a ``fit``, buffers made
+under inference mode and reused in training, a last window never written, two loaders pooled. So
+the state lives here, in one place, with explicit transitions that the module's hooks call:
+
+    begin("fit" | "validate" | "test")   a fresh session: registry, window, epoch, eval, plans
+    begin_eval(stage, loaders)           fresh accumulators for one evaluation run
+    plan(...) / record_train / record_eval
+    write()                              the window's means (drained into the epoch first)
+    end_train_epoch() / end_eval(stage)  the epoch's / each loader's means
+    state() / load_state()               what a checkpoint carries
+
+A session is everything that must never leak from one ``fit``/``validate``/``test`` call into the
+next; the per-step path (``plan`` hit, ``record_*``) is a dictionary look-up and two tensor ops.
+Under DDP every transition that reduces (``write``, ``end_*``) is called on every rank together,
+and ``begin`` on every rank at the same point of the run, so the registries stay identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_losses.cache import BoundedCache
+from lightning_losses.plan import WEIGHT_PREFIX, StepPlan
+from lightning_losses.tracking import KeyRegistry, MeanAccumulator, Reduced
+from lightning_losses.weights import WeightPlan
+
+#: Names the library logs itself beside the model's keys (see LossLog.check_names).
+SKIPPED_STEPS = "skipped_steps"
+EPOCH_SUFFIX = "_epoch"
+
+
+def loader_suffix(loader: int, loaders: int) -> str:
+    """The suffix Lightning's ``self.log`` gives a name logged from one of several loaders."""
+    return f"/dataloader_idx_{loader}" if loaders > 1 else ""
+
+
+class Session:
+    """The state of one ``fit``, ``validate`` or ``test`` call."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.registry = KeyRegistry()
+        # Only the window is updated per training step; it drains into the epoch accumulator
+        # when it is written and at epoch end, so epoch means cost nothing on ordinary steps.
+        self.window = MeanAccumulator(self.registry)
+        self.epoch = MeanAccumulator(self.registry)
+        #: (stage, dataloader index) -> batch-size-weighted accumulator of one evaluation run
+        self.eval: dict[tuple[str, int], MeanAccumulator] = {}
+        self.loaders: dict[str, int] = {}
+        self.plans: BoundedCache[tuple[Any, ...], StepPlan] = BoundedCache()
+        #: Training base names seen this session, for the ``x`` / ``x_epoch`` collision check.
+        self.train_names: set[str] = set()
+        #: Whether the window holds steps not yet written.
+        self.window_open = False
+
+
+class LossLog:
+    """Registry, windows, epoch and evaluation accumulators, plans, and their transitions."""
+
+    def __init__(self) -> None:
+        self.session = Session("none")
+        self._restored: Mapping[str, Any] | None = None
+
+    # ---------------------------------------------------------------- transitions
+
+    def begin(self, kind: str) -> None:
+        """Start a ``fit``, ``validate`` or ``test`` call from empty windows and means.
+
+        A state restored from a checkpoint for this call (``load_state`` just before, as
+        ``fit(ckpt_path=)`` does) is applied to the new session instead of being dropped.
+        """
+        self.session = Session(kind)
+        restored, self._restored = self._restored, None
+        if restored is not None and kind == "fit":
+            self._apply(restored)
+
+    def begin_eval(self, stage: str, loaders: int) -> None:
+        """One evaluation run (a validation epoch, a ``validate``/``test`` call) starts."""
+        session = self.session
+        for key in [k for k in session.eval if k[0] == stage]:
+            del session.eval[key]
+        session.loaders[stage] = max(1, loaders)
+
+    # ---------------------------------------------------------------- per step
+
+    def plan(
+        self,
+        stage: str,
+        loader: int,
+        terms: tuple[str, ...],
+        tensor_metrics: tuple[str, ...],
+        number_metrics: tuple[str, ...],
+        weights: WeightPlan,
+        logged_weights: tuple[int, ...],
+    ) -> StepPlan:
+        session = self.session
+        loaders = session.loaders.get(stage, 1) if stage != "train" else 1
+        key = (stage, loader, loaders, terms, tensor_metrics, number_metrics, logged_weights)
+        plan = session.plans.get(key)
+        if plan is None:
+            suffix = loader_suffix(loader, loaders) if stage != "train" else ""
+            plan = StepPlan(
+                stage, terms, tensor_metrics, number_metrics, weights, logged_weights, suffix
+            )
+            if stage == "train":
+                self._check_train_names(plan)
+            session.plans.put(key, plan)
+        return plan
+
+    def _check_train_names(self, plan: StepPlan) -> None:
+        """Names the library derives must not collide with names the model returns."""
+        seen = self.session.train_names
+        for name in (*plan.terms, *plan.tensor_metrics, *plan.number_metrics):
+            if name in seen:
+                continue
+            if name == SKIPPED_STEPS:
+                raise ValueError(
+                    f"forward returned an entry named {name!r}; train/{name} is where the count "
+                    "of skipped non-finite steps is logged, so expected another name for it"
+                )
+            base = name.removesuffix(EPOCH_SUFFIX)
+            partner = base if base != name else f"{name}{EPOCH_SUFFIX}"
+            if partner in seen or partner in plan.terms + plan.tensor_metrics:
+                epoch_of = base
+                raise ValueError(
+                    f"forward returned entries named {epoch_of!r} and {epoch_of + EPOCH_SUFFIX!r}; "
+                    f"train/{epoch_of + EPOCH_SUFFIX} is where the epoch mean of {epoch_of!r} is "
+                    "logged, so expected names that do not end in '_epoch'"
+                )
+            seen.add(name)
+
+    def record_train(
+        self, plan: StepPlan, values: Tensor, step: int, check_nonfinite: bool
+    ) -> None:
+        """Add one training step's values (in the plan's layout, on the device)."""
+        session = self.session
+        slots = plan.slots(session.registry, values.device)
+        session.window.update(plan.logged_names, slots, values)
+        session.window_open = True
+        if check_nonfinite and plan.terms:
+            width = max(plan.total_position, 1)
+            session.window.note_nonfinite(plan.nonfinite_slots, values[:width], step)
+
+    def record_diagnostics(self, names: tuple[str, ...], values: Tensor) -> None:
+        """Gradient statistics of one step, into the same window as the losses."""
+        session = self.session
+        slots = torch.tensor(
+            session.registry.slots(names, ["diagnostic"] * len(names)),
+            dtype=torch.long,
+            device=values.device,
+        )
+        session.window.update(names, slots, values)
+
+    def record_eval(self, plan: StepPlan, values: Tensor, loader: int, batch_size: float) -> None:
+        """Add one evaluation batch's values, weighted by its number of samples."""
+        session = self.session
+        key = (plan.stage, loader)
+        accumulator = session.eval.get(key)
+        if accumulator is None:
+            accumulator = session.eval[key] = MeanAccumulator(session.registry)
+        slots = plan.slots(session.registry, values.device)
+        accumulator.update(plan.logged_names, slots, values, batch_size)
+
+    # ---------------------------------------------------------------- reductions
+
+    @property
+    def window_open(self) -> bool:
+        return self.session.window_open
+
+    def write(self, device: torch.device) -> Reduced:
+        """The window's means over steps and ranks; the window then starts again, empty."""
+        session = self.session
+        session.window.drain_into(session.epoch)
+        reduced = session.window.compute(device)
+        session.window.reset()
+        session.window_open = False
+        return reduced
+
+    def end_train_epoch(self, device: torch.device) -> Reduced:
+        session = self.session
+        session.window.drain_into(session.epoch)
+        reduced = session.epoch.compute(device)
+        session.epoch.reset()
+        return reduced
+
+    def end_eval(self, stage: str, device: torch.device) -> list[Reduced]:
+        """Each loader's means, in loader order; one reduction per loader, on every rank."""
+        session = self.session
+        loaders = session.loaders.get(stage, 1)
+        reduced = []
+        for loader in range(loaders):
+            accumulator = session.eval.pop((stage, loader), None)
+            if accumulator is None:  # a rank (or a loader) without batches still takes part
+                accumulator = MeanAccumulator(session.registry)
+            reduced.append(accumulator.compute(device))
+        return reduced
+
+    def kind_of(self, name: str) -> str | None:
+        return self.session.registry.kind_of.get(name)
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def state(self) -> dict[str, Any]:
+        """The partly filled window and epoch of the running fit, as plain data."""
+        session = self.session
+        return {
+            "registry": session.registry.state(),
+            "window": session.window.state(),
+            "epoch": session.epoch.state(),
+            "window_open": session.window_open,
+        }
+
+    def load_state(self, state: Mapping[str, Any], apply_now: bool, rank: int = 0) -> None:
+        """Restore a :meth:`state`.
+
+        ``apply_now=False`` (``fit(ckpt_path=)``: Lightning restores the module before the fit's
+        ``begin``) keeps it for the next ``begin("fit")``. Under DDP the file is rank 0's: every
+        rank restores the agreed names (identical on all ranks when it was saved), only rank 0
+        the partial sums, so the first write after resuming pools rank 0's steps before the
+        checkpoint with every rank's steps after it.
+        """
+        if "registry" not in state:
+            return
+        state = dict(state, rank=rank)
+        if apply_now:
+            self._apply(state)
+        else:
+            self._restored = state
+
+    def _apply(self, state: Mapping[str, Any]) -> None:
+        session = self.session
+        first = state.get("rank", 0) == 0
+        session.registry.load_state(state["registry"], pending=first)
+        if first:
+            device = torch.device("cpu")
+            session.window.load_state(state["window"], device)
+            session.epoch.load_state(state["epoch"], device)
+            session.window_open = bool(state.get("window_open", True))
+        session.train_names.update(
+            name.split("/", 1)[1]
+            for name, kind in session.registry.kind_of.items()
+            if name.startswith("train/") and kind in ("term", "metric")
+        )
+
+
+__all__ = ["EPOCH_SUFFIX", "SKIPPED_STEPS", "WEIGHT_PREFIX", "LossLog", "Session", "loader_suffix"]
