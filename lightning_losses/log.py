@@ -142,7 +142,6 @@ class LossLog:
         session = self.session
         slots = plan.slots(session.registry, values.device)
         session.window.update(plan.logged_names, slots, values)
-        session.window_open = True
         if check_nonfinite and plan.terms:
             width = max(plan.total_position, 1)
             session.window.note_nonfinite(plan.nonfinite_slots, values[:width], step)
@@ -168,6 +167,14 @@ class LossLog:
         accumulator.update(plan.logged_names, slots, values, batch_size)
 
     # ---------------------------------------------------------------- reductions
+
+    def step_taken(self) -> None:
+        """A training step ran (whatever it recorded): the window has something to write.
+
+        Set per step rather than per record, so that it is the same on every rank: a rank whose
+        batch had nothing to learn still takes part in the final write's collective.
+        """
+        self.session.window_open = True
 
     @property
     def window_open(self) -> bool:
@@ -241,7 +248,8 @@ class LossLog:
             device = torch.device("cpu")
             session.window.load_state(state["window"], device)
             session.epoch.load_state(state["epoch"], device)
-            session.window_open = bool(state.get("window_open", True))
+        # on every rank alike, so that all of them join (or skip) the final write together
+        session.window_open = bool(state.get("window_open", True))
         session.train_names.update(
             name.split("/", 1)[1]
             for name, kind in session.registry.kind_of.items()

@@ -243,6 +243,8 @@ class LossDictModule(pl.LightningModule):
         if dataloader_idx is None:
             dataloader_idx = _lightning.current_dataloader_idx(self) if stage != "train" else 0
         result = self._reduce(output, stage, batch, dataloader_idx)
+        if stage == "train":
+            self._log.step_taken()
         if (
             stage == "train"
             and self._trainer_attached()

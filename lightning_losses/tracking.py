@@ -186,20 +186,23 @@ class MeanAccumulator:
         needed = len(self.registry)
         if self.data is not None and self.data.shape[1] >= needed:
             if self.data.device != device:  # restored from a checkpoint before a device move
-                self._set(self.data.to(device))
+                with torch.inference_mode(False):
+                    self._set(self.data.to(device))
             return self.data
         capacity = max(16, 2 * needed)
         # Never an inference tensor: slots can move during an evaluation run (inference mode),
         # and the training window is updated in place afterwards.
         with torch.inference_mode(False):
             data = torch.zeros(3, capacity, dtype=accumulator_dtype(device), device=device)
-        if self.data is not None:
-            data[:, : self.data.shape[1]] = self.data
-        self._set(data)
+            if self.data is not None:
+                data[:, : self.data.shape[1]] = self.data
+            self._set(data)
         return data
 
     def _set(self, data: Tensor) -> None:
-        # Row views kept as attributes: selecting a row is itself a dispatched op per step.
+        # Row views kept as attributes: selecting a row is itself a dispatched op per step. The
+        # callers make them outside inference mode: a view made inside it cannot be updated in
+        # place outside it, and slots can move during an evaluation run.
         self.data, self._sums, self._first = data, data[_SUMS], data[_FIRST]
 
     def state(self) -> dict[str, object]:
@@ -271,8 +274,8 @@ class MeanAccumulator:
         assert self.data is not None
         with torch.inference_mode(False):
             data = torch.zeros(3, width, dtype=self.data.dtype, device=self.data.device)
-        data[:, : self.data.shape[1]] = self.data
-        self._set(data)
+            data[:, : self.data.shape[1]] = self.data
+            self._set(data)
         return data
 
     def reset(self) -> None:
