@@ -747,8 +747,10 @@ class LossDictModule(pl.LightningModule):
         current = router.route_names() if router is not None else None
         if saved == current:
             return
+
         def describe_routes(routes: list[str] | None) -> str:
             return "one optimizer" if routes is None else f"routes {routes}"
+
         detail = ""
         if saved is not None and current is not None:
             missing = sorted(set(saved) - set(current))

@@ -90,6 +90,9 @@ class Recorder(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.counting = False
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        # after the module's own on_train_end, which writes the last partial window
         self.write(trainer, pl_module, None)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
@@ -148,6 +151,18 @@ class RankSteps(LossDictModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class EvalLoaders(RankSteps):
+    """Terms, and an accuracy-like metric without gradient, in training; two loaders in eval."""
+
+    def forward(self, batch: Any) -> Any:
+        (x,) = batch
+        zero = self.w * 0
+        if not self.training:  # classified as in training: "a" a term, "acc" a metric
+            return {"a": zero + x.float().mean(), "acc": x.float().mean().detach() * 0 + 7}
+        s = self.trainer.global_step
+        return {"a": zero + 10 * self.global_rank + s, "acc": torch.tensor(float(self.global_rank))}
 
 
 class Regression(LossDictModule):
@@ -289,6 +304,16 @@ def scenario(name: str) -> tuple[L.LightningModule, dict[str, Any], dict[str, An
             RankSteps(),
             dict(train_dataloaders=DataLoader(index, batch_size=1), val_dataloaders=val),
             dict(max_epochs=2, log_every_n_steps=3),
+        )
+    if name == "loaders":
+        vals = [
+            DataLoader(TensorDataset(torch.arange(10.0).unsqueeze(-1) + offset), batch_size=3)
+            for offset in (0.0, 100.0)
+        ]
+        return (
+            EvalLoaders(),
+            dict(train_dataloaders=DataLoader(index, batch_size=1), val_dataloaders=vals),
+            dict(max_epochs=1, log_every_n_steps=3),
         )
     if name == "none_rank1":
         return (

@@ -88,10 +88,12 @@ def test_logged_values_are_means_over_ranks_and_steps(tmp_path, strategy):
         for s, m in logged
         if any(k.startswith("train/") and not k.endswith("_epoch") for k in m)
     ]
-    # 8 steps a rank per epoch, 2 epochs, a write every 3 steps
-    assert [s for s, _ in step_rows] == [2, 5, 8, 11, 14]
-    for step, row in step_rows:
-        expected = pooled_means(range(step - 2, step + 1))
+    # 8 steps a rank per epoch, 2 epochs, a write every 3 steps, and the last (partial)
+    # window written when training stops
+    windows = [range(0, 3), range(3, 6), range(6, 9), range(9, 12), range(12, 15), range(15, 16)]
+    assert [s for s, _ in step_rows] == [2, 5, 8, 11, 14, 16]
+    for (step, row), window in zip(step_rows, windows):
+        expected = pooled_means(window)
         written = {k.removeprefix("train/"): v for k, v in row.items() if k.startswith("train/")}
         assert written == pytest.approx(expected), f"window ending at step {step}"
     epoch_rows = [m for _, m in logged if "train/a_epoch" in m]
@@ -108,6 +110,33 @@ def test_logged_values_are_means_over_ranks_and_steps(tmp_path, strategy):
     assert [m["val/a"] for m in val_rows] == pytest.approx([4.5, 4.5])
     # every rank holds the same reduced values (monitors agree across ranks)
     assert ranks[0]["callback_metrics"] == pytest.approx(ranks[1]["callback_metrics"])
+
+
+def test_two_val_loaders_stay_apart_and_metrics_stay_out_of_the_total_under_ddp(tmp_path):
+    ranks = run_job("loaders", tmp_path)
+    assert [r["exception"] for r in ranks] == [None, None]
+    logged = ranks[0]["logged"]
+    # single-process reference: each loader's batch-size-weighted mean is its items' mean
+    expected_val = {
+        "val/a/dataloader_idx_0": 4.5,
+        "val/loss/dataloader_idx_0": 4.5,  # "acc" is a metric: never summed
+        "val/acc/dataloader_idx_0": 7.0,
+        "val/a/dataloader_idx_1": 104.5,
+        "val/loss/dataloader_idx_1": 104.5,
+        "val/acc/dataloader_idx_1": 7.0,
+    }
+    (val_row,) = [m for _, m in logged if any(k.startswith("val/") for k in m)]
+    assert {k: v for k, v in val_row.items() if k != "epoch"} == pytest.approx(expected_val)
+    step_rows = [(s, m) for s, m in logged if "train/a" in m]
+    assert [s for s, _ in step_rows] == [2, 5, 8]  # 8 steps a rank: 2 writes, then the rest
+    for (_, row), window in zip(step_rows, [range(0, 3), range(3, 6), range(6, 8)]):
+        a = statistics.fmean(10 * r + s for r in (0, 1) for s in window)
+        written = {k: v for k, v in row.items() if k != "epoch"}
+        assert written == pytest.approx({"train/a": a, "train/loss": a, "train/acc": 0.5})
+    for rank in ranks:
+        assert {k: v for k, v in rank["callback_metrics"].items() if k.startswith("val/")} == (
+            pytest.approx(expected_val)
+        )
 
 
 # ---------------------------------------------------------------- parameters
