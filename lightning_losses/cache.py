@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -36,3 +37,8 @@ class BoundedCache(Generic[K, V]):
 
     def clear(self) -> None:
         self._items.clear()
+
+    def discard_if(self, predicate: Callable[[K], bool]) -> None:
+        """Forget every entry whose key satisfies ``predicate``."""
+        for key in [k for k in self._items if predicate(k)]:
+            del self._items[key]

@@ -85,12 +85,21 @@ class LossLog:
         session = self.session
         for key in [k for k in session.eval if k[0] == stage]:
             del session.eval[key]
-        session.loaders[stage] = max(1, loaders)
+        loaders = max(1, loaders)
+        if session.loaders.get(stage, loaders) != loaders:
+            # the names' /dataloader_idx_<i> suffix depends on how many loaders run
+            session.plans.discard_if(lambda key: key[0] == stage)
+        session.loaders[stage] = loaders
 
     # ---------------------------------------------------------------- per step
 
+    def cached_plan(self, key: tuple[Any, ...]) -> StepPlan | None:
+        """The plan of a step whose key set (stage, loader, names) was seen this session."""
+        return self.session.plans.get(key)
+
     def plan(
         self,
+        key: tuple[Any, ...],
         stage: str,
         loader: int,
         terms: tuple[str, ...],
@@ -99,18 +108,16 @@ class LossLog:
         weights: WeightPlan,
         logged_weights: tuple[int, ...],
     ) -> StepPlan:
+        """Build (and cache under ``key``) the plan of a key set new to this session."""
         session = self.session
         loaders = session.loaders.get(stage, 1) if stage != "train" else 1
-        key = (stage, loader, loaders, terms, tensor_metrics, number_metrics, logged_weights)
-        plan = session.plans.get(key)
-        if plan is None:
-            suffix = loader_suffix(loader, loaders) if stage != "train" else ""
-            plan = StepPlan(
-                stage, terms, tensor_metrics, number_metrics, weights, logged_weights, suffix
-            )
-            if stage == "train":
-                self._check_train_names(plan)
-            session.plans.put(key, plan)
+        suffix = loader_suffix(loader, loaders) if stage != "train" else ""
+        plan = StepPlan(
+            stage, terms, tensor_metrics, number_metrics, weights, logged_weights, suffix
+        )
+        if stage == "train":
+            self._check_train_names(plan)
+        session.plans.put(key, plan)
         return plan
 
     def _check_train_names(self, plan: StepPlan) -> None:
@@ -143,8 +150,7 @@ class LossLog:
         slots = plan.slots(session.registry, values.device)
         session.window.update(plan.logged_names, slots, values)
         if check_nonfinite and plan.terms:
-            width = max(plan.total_position, 1)
-            session.window.note_nonfinite(plan.nonfinite_slots, values[:width], step)
+            session.window.note_nonfinite(plan.nonfinite_slots, plan.nonfinite_values(values), step)
 
     def record_diagnostics(self, names: tuple[str, ...], values: Tensor) -> None:
         """Gradient statistics of one step, into the same window as the losses."""

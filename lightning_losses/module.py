@@ -364,9 +364,18 @@ class LossDictModule(pl.LightningModule):
     # ------------------------------------------------------------------ recording
 
     def _plan(self, stage: Stage, parsed: ParsedOutput, loader: int) -> StepPlan:
-        tensor_metrics = tuple(k for k, v in parsed.metrics.items() if isinstance(v, Tensor))
-        number_metrics = tuple(k for k, v in parsed.metrics.items() if not isinstance(v, Tensor))
         terms = tuple(parsed.terms)
+        if parsed.metrics:
+            metrics = parsed.metrics.items()
+            tensor_metrics = tuple(k for k, v in metrics if isinstance(v, Tensor))
+            number_metrics = tuple(k for k, v in metrics if not isinstance(v, Tensor))
+        else:
+            tensor_metrics = number_metrics = ()
+        # (a change of the number of loaders drops the stage's plans, see LossLog.begin_eval)
+        key = (stage, loader, terms, tensor_metrics, number_metrics)
+        plan = self._log.cached_plan(key)
+        if plan is not None:
+            return plan
         weight_plan = self._weights.plan(terms)
         if stage != "train":
             logged: tuple[int, ...] = ()
@@ -375,7 +384,7 @@ class LossDictModule(pl.LightningModule):
         else:
             logged = weight_plan.logged
         return self._log.plan(
-            stage, loader, terms, tensor_metrics, number_metrics, weight_plan, logged
+            key, stage, loader, terms, tensor_metrics, number_metrics, weight_plan, logged
         )
 
     def _record(

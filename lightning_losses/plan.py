@@ -57,6 +57,8 @@ class StepPlan:
     _slots: Tensor | None = field(default=None, init=False)
     _buffer: Tensor | None = field(default=None, init=False)
     _weight_index: Tensor | None = field(default=None, init=False)
+    _nonfinite_slots: Tensor | None = field(default=None, init=False)
+    _nonfinite_values: Tensor | None = field(default=None, init=False)
     _version: int = field(default=-1, init=False)
 
     def __post_init__(self) -> None:
@@ -92,7 +94,17 @@ class StepPlan:
     def nonfinite_slots(self) -> Tensor:
         """Slots of the values checked for non-finite losses: the terms, or the sole total."""
         assert self._slots is not None
-        return self._slots[: max(self.total_position, 1)]
+        if self._nonfinite_slots is None or self._nonfinite_slots._base is not self._slots:
+            self._nonfinite_slots = self._slots[: max(self.total_position, 1)]
+        return self._nonfinite_slots
+
+    def nonfinite_values(self, values: Tensor) -> Tensor:
+        """The checked part of ``values`` (normally this plan's buffer: its view is cached)."""
+        if values is self._buffer:
+            if self._nonfinite_values is None:
+                self._nonfinite_values = values[: max(self.total_position, 1)]
+            return self._nonfinite_values
+        return values[: max(self.total_position, 1)]
 
     def buffer(self, device: torch.device) -> Tensor:
         """A reusable buffer for one step's values, in the accumulators' dtype.
@@ -106,6 +118,7 @@ class StepPlan:
                 self._buffer = torch.empty(
                     len(self.logged_names), dtype=accumulator_dtype(device), device=device
                 )
+                self._nonfinite_values = None
         return self._buffer
 
     def weight_index(self, device: torch.device) -> Tensor:

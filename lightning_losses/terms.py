@@ -217,9 +217,7 @@ def _check_key(key: Any, prefix: str) -> None:
         _VALID_KEYS.add(key)
 
 
-def parse_output(
-    output: Any, select: KeySelector, stage: str = "train"
-) -> ParsedOutput | None:
+def parse_output(output: Any, select: KeySelector, stage: str = "train") -> ParsedOutput | None:
     """Split a ``forward`` return value into loss terms, scalar metrics and pass-through outputs.
 
     Returns ``None`` for "nothing to learn from this batch": ``None`` or an empty mapping.
