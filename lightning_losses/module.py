@@ -21,7 +21,15 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from lightning_losses import _lightning, aggregation, collectives, hparams, routing, summaries
+from lightning_losses import (
+    _lightning,
+    aggregation,
+    collectives,
+    context,
+    hparams,
+    routing,
+    summaries,
+)
 from lightning_losses import terms as terms_module
 from lightning_losses.batches import batch_size
 from lightning_losses.diagnostics import GradientDiagnostics, diagnostic_names, gradient_statistics
@@ -171,6 +179,9 @@ class LossDictModule(pl.LightningModule):
         self._drop_gradients = False
         self._summarized: set[str] = set()
         self._router: routing.Router | None = None
+        # add_loss/add_metric from submodules: a step's collection opens with its forward when
+        # no batch-start hook opened one (see context.py)
+        self.register_forward_pre_hook(_open_step_collection)
         #: Training steps skipped for non-finite losses (``nonfinite="skip"``), over all epochs.
         self.skipped_steps = 0
 
@@ -240,6 +251,9 @@ class LossDictModule(pl.LightningModule):
         """
         if stage not in STAGES:
             raise ValueError(f"stage={stage!r}; expected one of {', '.join(map(repr, STAGES))}")
+        collected = context.drain(self)
+        if collected is not None:
+            output = context.merge(output, collected)
         if dataloader_idx is None:
             dataloader_idx = _lightning.current_dataloader_idx(self) if stage != "train" else 0
         result = self._reduce(output, stage, batch, dataloader_idx)
@@ -600,6 +614,30 @@ class LossDictModule(pl.LightningModule):
                         "training epoch; check its spelling"
                     )
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        context.open_step(self, fresh=True)
+
+    def on_validation_batch_start(
+        self, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        context.open_step(self, fresh=True)
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        context.open_step(self, fresh=True)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        context.close(self)  # a step that never reached total_loss keeps nothing
+
+    def on_validation_batch_end(
+        self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        context.close(self)
+
+    def on_test_batch_end(
+        self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        context.close(self)
+
     def on_train_end(self) -> None:
         # Training stopped (max_epochs, max_steps, a callback's should_stop, a Timer): the steps
         # since the last write are still to be written.
@@ -779,6 +817,16 @@ class LossDictModule(pl.LightningModule):
 
     def _global_step(self) -> int:
         return self.trainer.global_step if self._trainer_attached() else 0
+
+
+def _open_step_collection(module: LossDictModule, args: Any) -> None:
+    """Forward pre-hook: open the step's add_loss collection if a Trainer loop is running and no
+    batch-start hook opened one (a user's batch hooks that do not call ``super()``)."""
+    trainer = module._trainer
+    if trainer is not None and (
+        trainer.training or trainer.validating or trainer.testing or trainer.sanity_checking
+    ):
+        context.open_step(module)
 
 
 def _stack_terms(terms: Mapping[str, Tensor]) -> Tensor:
