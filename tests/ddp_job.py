@@ -165,6 +165,39 @@ class EvalLoaders(RankSteps):
         return {"a": zero + 10 * self.global_rank + s, "acc": torch.tensor(float(self.global_rank))}
 
 
+class Adder(nn.Module):
+    """A submodule that adds a term on rank 1 only, and a metric on every rank."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(()))
+
+    def forward(self, rank: int, step: int) -> torch.Tensor:
+        import lightning_losses as ll
+
+        zero = self.w * 0
+        if rank == 1:
+            ll.add_loss("reg", zero + 1000 + step)
+        ll.add_metric("util", float(rank))
+        return zero
+
+
+class AddsLosses(LossDictModule):
+    """Returns "a"; its submodule adds "reg" (rank 1 only) and the metric "util"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adder = Adder()
+
+    def forward(self, batch: Any) -> Any:
+        s, r = self.trainer.global_step, self.global_rank
+        zero = self.adder(r, s)
+        return {"a": zero + 10 * r + s}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
 class Regression(LossDictModule):
     """A real model: the parameters after DDP must equal a single-process reference."""
 
@@ -314,6 +347,12 @@ def scenario(name: str) -> tuple[L.LightningModule, dict[str, Any], dict[str, An
             EvalLoaders(),
             dict(train_dataloaders=DataLoader(index, batch_size=1), val_dataloaders=vals),
             dict(max_epochs=1, log_every_n_steps=3),
+        )
+    if name == "add_loss":
+        return (
+            AddsLosses(),
+            dict(train_dataloaders=DataLoader(index, batch_size=1)),
+            dict(max_epochs=1, log_every_n_steps=4),
         )
     if name == "none_rank1":
         return (

@@ -139,6 +139,26 @@ def test_two_val_loaders_stay_apart_and_metrics_stay_out_of_the_total_under_ddp(
         )
 
 
+def test_losses_added_on_one_rank_only_are_pooled_over_the_ranks_that_added_them(tmp_path):
+    ranks = run_job("add_loss", tmp_path)
+    assert [r["exception"] for r in ranks] == [None, None]
+    step_rows = [(s, m) for s, m in ranks[0]["logged"] if "train/a" in m]
+    assert [s for s, _ in step_rows] == [3, 7]  # 8 steps a rank, a write every 4
+    for (_, row), window in zip(step_rows, [range(0, 4), range(4, 8)]):
+        a = statistics.fmean(10 * r + s for r in (0, 1) for s in window)
+        reg = statistics.fmean(1000 + s for s in window)  # rank 1's steps only
+        totals = [10 * 0 + s for s in window] + [10 + s + 1000 + s for s in window]
+        written = {k: v for k, v in row.items() if k != "epoch"}
+        assert written == pytest.approx(
+            {
+                "train/a": a,
+                "train/reg": reg,
+                "train/util": 0.5,
+                "train/loss": statistics.fmean(totals),
+            }
+        )
+
+
 # ---------------------------------------------------------------- parameters
 
 
