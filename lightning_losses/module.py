@@ -775,14 +775,20 @@ class LossDictModule(pl.LightningModule):
         self.skipped_steps = int(state.get("skipped_steps", 0))
         if "classification" in state:
             self._select.load_state(state["classification"])
-        if "routes" in state:
-            self._restored_routes = state["routes"]
         # Resuming a fit (Lightning restores the module just before the fit starts): the saved
-        # windows continue; any other load starts whatever runs next from empty windows.
+        # windows continue and the optimizers must match; any other load starts whatever runs
+        # next from empty windows, with whatever optimizers it configures.
         resuming = self._trainer_attached() and _lightning.running(self.trainer) == "fit"
         rank = self.trainer.global_rank if self._trainer_attached() else 0
         if resuming:
-            self._log.load_state(state, apply_now=False, rank=rank)
+            if "routes" in state:
+                self._restored_routes = state["routes"]
+            # Most strategies restore before on_fit_start (which begins the fit's session);
+            # FSDP-like ones after it, into the session already begun.
+            after_start = bool(
+                getattr(self.trainer.strategy, "restore_checkpoint_after_setup", False)
+            )
+            self._log.load_state(state, apply_now=after_start, rank=rank)
 
     def _check_restored_routes(self) -> None:
         """Resuming with other per-key routes (or per-key <-> one optimizer) cannot work: say
