@@ -262,6 +262,12 @@ def parse_output(output: Any, select: KeySelector, stage: str = "train") -> Pars
             parsed.metrics[name] = value
         else:
             parsed.outputs[name] = value
+    if TOTAL in terms and len(terms) > 1 and not training and not explicit and not select.trained:
+        # Evaluation before any training step (Lightning's sanity check, validate() on a fresh
+        # model) cannot tell terms by their gradient; a key named "loss" can only be the loss
+        # (HuggingFace outputs), so the other values beside it are metrics.
+        for name in [n for n in terms if n != TOTAL]:
+            parsed.metrics[name] = terms.pop(name)
     _check_reserved(parsed)
     return parsed
 

@@ -17,7 +17,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MultiTask, make_trainer, multitask_data
+from conftest import MemoryLogger, MultiTask, make_trainer, multitask_data
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
@@ -356,3 +356,40 @@ def test_resuming_with_other_routes_names_them(tmp_path):
         make_trainer(None, max_steps=4).fit(
             Routed(routes=False), multitask_data(), ckpt_path=checkpoints.last_model_path
         )
+
+
+def test_resuming_with_other_weights_keeps_the_saved_steps_weighted_as_they_were(tmp_path):
+    # 8 batches an epoch, a write every 3 steps: the window open at the epoch-end checkpoint
+    # holds steps 6 and 7, weighted 0.5; after resuming, step 8 is weighted by a schedule.
+    first = MultiTask(loss_weights={"depth": 0.5})
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    make_trainer(
+        None, max_epochs=1, log_every_n_steps=3, callbacks=[checkpoints], enable_checkpointing=True
+    ).fit(first, multitask_data())
+    logger = MemoryLogger()
+    resumed = MultiTask(loss_weights={"depth": lambda step: 2.0})
+    make_trainer(logger, max_epochs=2, max_steps=9, log_every_n_steps=3).fit(
+        resumed, multitask_data(), ckpt_path=checkpoints.last_model_path
+    )
+    totals = [r["seg"] + 0.5 * r["depth"] for r in first.records[6:8]]
+    totals += [r["seg"] + 2.0 * r["depth"] for r in resumed.records[:1]]
+    (row,) = [row for _, row in logger.rows if "train/loss" in row]
+    assert row["train/loss"] == pytest.approx(statistics.fmean(totals), rel=1e-6)
+
+
+def test_a_lone_loss_beside_a_metric_survives_the_sanity_check(tmp_path):
+    class HuggingFaceLike(LossDictModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Linear(4, 3)
+
+        def forward(self, batch: Any) -> Any:
+            x, y = batch
+            logits = self.net(x)
+            labels = (y > 0).long()
+            accuracy = (logits.argmax(-1) == labels).float().mean()
+            return {"loss": F.cross_entropy(logits, labels), "acc": accuracy}
+
+    fit = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, num_sanity_val_steps=2)
+    fit.fit(HuggingFaceLike(), loader(), loader())
+    assert {"val/loss", "val/acc", "train/loss", "train/acc"} <= fit.callback_metrics.keys()
