@@ -726,7 +726,7 @@ NEVER_TRAINED = Config(  # aux never in a training batch: a term before fit, a m
 
 @pytest.mark.filterwarnings("ignore")  # Lightning's advice on tiny loaders is not the subject
 @settings(
-    max_examples=25,
+    max_examples=60,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
