@@ -30,7 +30,6 @@ from lightning_losses import (
     routing,
     summaries,
 )
-from lightning_losses import terms as terms_module
 from lightning_losses.batches import batch_size
 from lightning_losses.diagnostics import GradientDiagnostics, diagnostic_names, gradient_statistics
 from lightning_losses.log import EPOCH_SUFFIX, SKIPPED_STEPS, LossLog
@@ -41,6 +40,7 @@ from lightning_losses.terms import (
     KeySelector,
     LossKeys,
     ParsedOutput,
+    check_term_devices,
     describe,
     no_terms_message,
     parse_output,
@@ -446,8 +446,13 @@ class LossDictModule(pl.LightningModule):
         if total is not None:
             parts.append(total.view(1))
         if plan.tensor_metrics:
-            metrics = [parsed.metrics[k] for k in plan.tensor_metrics]
-            parts.append(torch.stack([m.to(device) for m in metrics]).to(buffer.dtype))  # type: ignore[union-attr]
+            metrics = {k: parsed.metrics[k] for k in plan.tensor_metrics}
+            try:
+                stacked = torch.stack([m.to(device) for m in metrics.values()])  # type: ignore[union-attr]
+            except (RuntimeError, NotImplementedError):
+                check_term_devices({**parsed.terms, **metrics}, "logged values")
+                raise
+            parts.append(stacked.to(buffer.dtype))
         if plan.number_metrics:
             numbers = [float(parsed.metrics[k]) for k in plan.number_metrics]
             parts.append(torch.tensor(numbers, dtype=buffer.dtype).to(device, non_blocking=True))
@@ -839,11 +844,11 @@ def _stack_terms(terms: Mapping[str, Tensor]) -> Tensor:
     """The terms as one vector; a clear error where torch's would not name the keys."""
     try:
         losses = torch.stack(list(terms.values()))
-    except RuntimeError:
-        terms_module.check_term_devices(terms)
+    except (RuntimeError, NotImplementedError):  # devices that do not mix; meta has no data
+        check_term_devices(terms)
         raise
     if losses.is_meta:
-        terms_module.check_term_devices(terms)
+        check_term_devices(terms)
     return losses
 
 

@@ -177,14 +177,28 @@ def flatten(output: Mapping[Any, Any]) -> dict[str, Any]:
     return flat
 
 
-def _flatten_into(flat: dict[str, Any], prefix: str, mapping: Mapping[Any, Any]) -> None:
+#: How deep returned mappings may nest. Real outputs nest two or three levels; the limit turns a
+#: runaway (or self-containing) mapping into an error naming its path, not a RecursionError.
+MAX_NESTING = 32
+
+
+def _flatten_into(
+    flat: dict[str, Any], prefix: str, mapping: Mapping[Any, Any], depth: int = 1
+) -> None:
+    if depth > MAX_NESTING:
+        shown = prefix if len(prefix) <= 120 else f"{prefix[:60]}...{prefix[-40:]}"
+        raise ValueError(
+            f"forward returned mappings nested more than {MAX_NESTING} levels deep (at "
+            f"{shown!r}; a mapping that contains itself nests forever); expected a mapping of "
+            "names to values nested a few levels at most"
+        )
     for key, value in mapping.items():
         if key not in _VALID_KEYS:
             _check_key(key, prefix)
         name = f"{prefix}{SEPARATOR}{key}" if prefix else key
         # Tensors first: the common leaf, and a cheaper isinstance than the Mapping ABC.
         if not isinstance(value, Tensor) and isinstance(value, Mapping):
-            _flatten_into(flat, name, value)
+            _flatten_into(flat, name, value, depth + 1)
         elif name in flat:
             raise ValueError(
                 f"forward returned two entries named {name!r} once nested keys are joined with "
@@ -332,9 +346,13 @@ def no_terms_message(parsed: ParsedOutput, select: KeySelector, selection: str) 
     )
 
 
-def check_term_devices(terms: Mapping[str, Tensor]) -> None:
-    """Raise a ValueError naming each term's device when they are not all on one real device."""
-    devices = {name: value.device for name, value in terms.items()}
+def check_term_devices(terms: Mapping[str, Any], what: str = "loss terms") -> None:
+    """Raise a ValueError naming each value's device when they are not all on one real device.
+
+    Called only after torch refused to stack them (or stacked them on ``meta``), so the normal
+    path pays nothing for it.
+    """
+    devices = {name: value.device for name, value in terms.items() if isinstance(value, Tensor)}
     if len(set(devices.values())) > 1 or any(d.type == "meta" for d in devices.values()):
         found = ", ".join(f"{name!r} on {device}" for name, device in devices.items())
-        raise ValueError(f"expected all loss terms on one real device; found {found}")
+        raise ValueError(f"expected all {what} on one real device; found {found}")
