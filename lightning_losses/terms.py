@@ -183,14 +183,19 @@ MAX_NESTING = 32
 
 
 def _flatten_into(
-    flat: dict[str, Any], prefix: str, mapping: Mapping[Any, Any], depth: int = 1
+    flat: dict[str, Any],
+    prefix: str,
+    mapping: Mapping[Any, Any],
+    depth: int = 1,
+    path: tuple[tuple[str, Mapping[Any, Any]], ...] = (),
 ) -> None:
+    # ``path``: the (name, mapping) pairs from the root down to ``mapping``'s parent. Only nested
+    # outputs pay for it (a flat mapping never recurses), and it is at most MAX_NESTING long.
     if depth > MAX_NESTING:
-        shown = prefix if len(prefix) <= 120 else f"{prefix[:60]}...{prefix[-40:]}"
         raise ValueError(
             f"forward returned mappings nested more than {MAX_NESTING} levels deep (at "
-            f"{shown!r}; a mapping that contains itself nests forever); expected a mapping of "
-            "names to values nested a few levels at most"
+            f"{_shorten(prefix)!r}); expected a mapping of names to values nested a few levels "
+            "at most"
         )
     for key, value in mapping.items():
         if key not in _VALID_KEYS:
@@ -198,7 +203,16 @@ def _flatten_into(
         name = f"{prefix}{SEPARATOR}{key}" if prefix else key
         # Tensors first: the common leaf, and a cheaper isinstance than the Mapping ABC.
         if not isinstance(value, Tensor) and isinstance(value, Mapping):
-            _flatten_into(flat, name, value, depth + 1)
+            ancestors = (*path, (prefix, mapping))
+            for ancestor_name, ancestor in ancestors:
+                if value is ancestor:
+                    where = repr(_shorten(ancestor_name)) if ancestor_name else "the top level"
+                    raise ValueError(
+                        f"forward returned a mapping that contains itself: the value at "
+                        f"{_shorten(name)!r} is the mapping at {where}; expected a tree of "
+                        "mappings (a cycle would nest forever)"
+                    )
+            _flatten_into(flat, name, value, depth + 1, ancestors)
         elif name in flat:
             raise ValueError(
                 f"forward returned two entries named {name!r} once nested keys are joined with "
@@ -356,3 +370,10 @@ def check_term_devices(terms: Mapping[str, Any], what: str = "loss terms") -> No
     if len(set(devices.values())) > 1 or any(d.type == "meta" for d in devices.values()):
         found = ", ".join(f"{name!r} on {device}" for name, device in devices.items())
         raise ValueError(f"expected all {what} on one real device; found {found}")
+
+
+def _shorten(name: str, limit: int = 120) -> str:
+    """A key path short enough for an error message: its start and its end, elided between."""
+    if len(name) <= limit:
+        return name
+    return f"{name[: limit // 2]}...{name[-(limit // 3) :]}"

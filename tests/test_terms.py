@@ -97,3 +97,62 @@ def test_bad_loss_keys(loss_keys, fragment):
 def test_callable_loss_keys_must_return_bool():
     with pytest.raises(TypeError, match=r"loss_keys\('seg'\) returned"):
         parse({"seg": SCALAR}, lambda name: "yes")
+
+
+def nested(levels, leaf, key="a"):
+    """``{key: {key: ... {"x": leaf}}}`` with ``levels`` mappings in all."""
+    output = inner = {}
+    for _ in range(levels - 1):
+        inner[key] = {}
+        inner = inner[key]
+    inner["x"] = leaf
+    return output
+
+
+def test_nesting_up_to_the_limit_flattens_and_one_more_level_names_the_path():
+    from lightning_losses.terms import MAX_NESTING
+
+    assert list(flatten(nested(MAX_NESTING, SCALAR))) == ["a/" * (MAX_NESTING - 1) + "x"]
+    with pytest.raises(ValueError, match=rf"more than {MAX_NESTING} levels deep \(at 'a/a"):
+        flatten(nested(MAX_NESTING + 1, SCALAR))
+
+
+def test_2000_levels_raise_a_value_error_with_a_truncated_path_not_a_recursion_error():
+    with pytest.raises(ValueError) as info:
+        flatten(nested(2000, SCALAR, key="level"))
+    message = str(info.value)
+    assert "'level/level/" in message and "..." in message  # the path, elided in the middle
+    assert "nested more than 32 levels" in message and "expected" in message
+    assert len(message) < 400
+
+
+def test_a_mapping_that_contains_itself_names_the_key_where_it_loops_back():
+    output = {"seg": SCALAR}
+    output["me"] = output
+    with pytest.raises(ValueError, match=r"the value at 'me' is the mapping at the top level"):
+        flatten(output)
+    inner = {"cls": SCALAR}
+    outer = {"rpn": {"head": inner}}
+    inner["up"] = outer["rpn"]
+    with pytest.raises(ValueError, match=r"contains itself: the value at 'rpn/head/up' is the "):
+        parse(outer)
+
+
+def test_one_mapping_under_two_keys_is_not_a_cycle():
+    shared = {"cls": SCALAR}
+    assert list(flatten({"a": shared, "b": shared})) == ["a/cls", "b/cls"]
+
+
+def test_check_term_devices_names_every_term_and_its_device():
+    from lightning_losses.terms import check_term_devices
+
+    cpu, meta = torch.tensor(1.0), torch.empty((), device="meta")
+    check_term_devices({"a": cpu, "b": torch.tensor(2.0)})  # one real device: no error
+    check_term_devices({})
+    with pytest.raises(ValueError) as info:
+        check_term_devices({"a": cpu, "b": meta})
+    assert str(info.value) == (
+        "expected all loss terms on one real device; found 'a' on cpu, 'b' on meta"
+    )
+    with pytest.raises(ValueError, match=r"found 'only' on meta$"):
+        check_term_devices({"only": meta})

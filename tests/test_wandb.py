@@ -8,7 +8,7 @@ import pytest
 from conftest import MemoryLogger, MultiTask, make_trainer, multitask_data
 
 wandb = pytest.importorskip("wandb")
-from wandb_offline import history, metric_definitions  # noqa: E402
+from wandb_offline import finish_and_read, history, metric_definitions  # noqa: E402
 
 
 def test_every_term_reaches_the_offline_run_with_the_same_values(tmp_path, monkeypatch):
@@ -23,8 +23,9 @@ def test_every_term_reaches_the_offline_run_with_the_same_values(tmp_path, monke
     data = multitask_data()
     model = MultiTask(loss_weights={"depth": 0.5})
     make_trainer([wandb_logger, memory], max_epochs=2, log_every_n_steps=3).fit(model, data, data)
-    wandb.finish()
-    [run_file] = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    # finish() alone returns before the W&B service has flushed the run file (it was read empty)
+    run_file = finish_and_read(wandb_logger.experiment)
+    assert run_file.is_relative_to(tmp_path), run_file
     rows = history(run_file)
     logged = {}
     for row in rows:

@@ -3,17 +3,55 @@
 A ``run-*.wandb`` file is a 7-byte header starting ``:W&B`` and then 32 KiB blocks of records,
 each ``<uint32 crc32, uint16 length, uint8 type>`` and a chunk of a serialized
 ``wandb_internal_pb2.Record``; a record split across blocks comes as FIRST, MIDDLE.., LAST chunks.
+A complete file ends with the run's ``exit`` record.
+
+The file is written by the wandb-core service process, not by the caller. ``run.finish()`` waits
+for the exit record to be *handled*, then only publishes "inform_finish" (fire and forget): the
+service flushes and closes the file afterwards, on its own time. Read right after ``finish()``,
+the file can still be just its 7-byte header or its first records (no history at all). So read a
+run only through :func:`finish_and_read`, which waits for the file to be complete.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
 HEADER, BLOCK, CHUNK_HEADER = 7, 32 * 1024, 7
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def finish_and_read(run: Any, timeout: float = 120.0) -> Path:
+    """Finish ``run`` and return its run file once the service has written all of it.
+
+    ``wandb.teardown()`` waits for the service process (which this process started) to exit,
+    which closes every run file; the poll on the exit record covers a service this process does
+    not own (``teardown`` then returns at once) and fails loudly instead of reading a partial file.
+    """
+    import wandb
+
+    path = Path(run.settings.sync_file)  # this run's own file, by id
+    run.finish()
+    wandb.teardown()
+    deadline = time.monotonic() + timeout
+    while not is_complete(path):
+        if time.monotonic() > deadline:
+            kinds = [r.WhichOneof("record_type") for r in records(path)] if path.exists() else []
+            raise AssertionError(f"{path} has no exit record after {timeout}s: {kinds}")
+        time.sleep(0.05)
+    return path
+
+
+def is_complete(path: str | Path) -> bool:
+    """Whether the run file exists and ends with the run's exit record."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size <= HEADER:
+        return False
+    parsed = records(path)
+    return bool(parsed) and parsed[-1].WhichOneof("record_type") == "exit"
 
 
 def records(path: str | Path) -> list[Any]:
@@ -33,6 +71,8 @@ def records(path: str | Path) -> list[Any]:
         position += CHUNK_HEADER
         chunk = raw[position : position + length]
         position += length
+        if len(chunk) < length:  # a file still being written: its last chunk is not all there
+            break
         if kind == FULL:
             chunks.append(chunk)
         elif kind == FIRST:
