@@ -60,7 +60,6 @@ SchedulerFactory = Callable[[Optimizer], LRScheduler | ReduceLROnPlateau | Mappi
 StepOutput = Tensor | dict[str, Any] | None
 
 _CHECKPOINT_KEY = "lightning_losses"
-_PICKLED_HPARAMS = "pickled_hyper_parameters"
 
 
 def default_optimizer(params: Iterable[Any]) -> Optimizer:
@@ -120,12 +119,10 @@ class LossDictModule(pl.LightningModule):
         shared_parameters: str | Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        # So that load_from_checkpoint needs no arguments (see hparams.py for what is stored).
+        # Plain values only, never code (see hparams.py for what is stored and how it reloads).
         self._configured_by_cli = _lightning.configured_by_cli()
-        self.save_hyperparameters(
-            ignore=[] if self._configured_by_cli else list(hparams.MODULE_ARGUMENTS)
-        )
-        self._unpicklable_hparams: set[str] = set()
+        hparams.save(self, cli=self._configured_by_cli)
+        self._unsaved_hparams: set[str] = set()  # warned about at saving
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model is {describe(model)}; expected an nn.Module or None")
         if weighting is not None and not isinstance(weighting, nn.Module):
@@ -731,17 +728,8 @@ class LossDictModule(pl.LightningModule):
             "routes": router.route_names() if router is not None else None,
         }
         stored = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
-        if stored is not None:
-            # plain values stay where Lightning looks; code is pickled apart (see hparams.py)
-            modules: dict[str, nn.Module | None] = {}
-            if not self._configured_by_cli:
-                for name in hparams.MODULE_ARGUMENTS:
-                    module = getattr(self, name)
-                    modules[name] = module if isinstance(module, nn.Module) else None
-            plain, pickled = hparams.split(stored, modules, self._unpicklable_hparams)
-            checkpoint[self.CHECKPOINT_HYPER_PARAMS_KEY] = plain
-            if pickled is not None:
-                ours[_PICKLED_HPARAMS] = pickled
+        if stored is not None:  # plain values only; what is left out is named (see hparams.py)
+            checkpoint[self.CHECKPOINT_HYPER_PARAMS_KEY] = hparams.for_checkpoint(self, stored)
         checkpoint[_CHECKPOINT_KEY] = ours
 
     @_restricted_classmethod
@@ -754,18 +742,13 @@ class LossDictModule(pl.LightningModule):
         weights_only: bool | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Lightning's ``load_from_checkpoint``, which also rebuilds the arguments that are code.
-
-        Those (a wrapped model's and a weighting's skeletons, a ``functools.partial``
-        optimizer; see hparams.py) are kept out of Lightning's ``hyper_parameters`` so that the
-        checkpoint itself loads with ``weights_only=True``; here they are unpickled and passed
-        to the constructor, below any ``kwargs`` you give. Unpickling runs code: for a
-        checkpoint you do not trust, pass ``weights_only=True``, which skips them (then pass
-        ``model=`` yourself in wrap mode).
+        """Lightning's ``load_from_checkpoint``, which also rebuilds our arguments that the
+        checkpoint records as ``{"class_path": ..., "init_args": {...}}`` (a wrapped model, a
+        ``functools.partial`` optimizer; see hparams.py), below any ``kwargs`` you give. Nothing
+        from the file is unpickled or executed; what it could not record (a class defined in
+        ``__main__``, a lambda schedule) is named, and must be passed: ``model=Net()``.
         """
-        if weights_only is not True:
-            entry = _lightning.checkpoint_entry(checkpoint_path, _CHECKPOINT_KEY)
-            kwargs = {**hparams.unpickle(entry.get(_PICKLED_HPARAMS)), **kwargs}
+        kwargs = hparams.from_checkpoint(cls, checkpoint_path, hparams_file, kwargs)
         return super().load_from_checkpoint(
             checkpoint_path,
             map_location=map_location,
