@@ -116,7 +116,11 @@ class Recorder(Callback):
             "skipped_steps": getattr(pl_module, "skipped_steps", 0),
         }
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+        # Under ddp_spawn the launching process has no process group; an exception it sees (a
+        # worker that exited abnormally) goes to its own file instead of overwriting rank 0's.
+        launcher = exception is not None and not dist.is_initialized() and trainer.world_size > 1
+        name = "launcher.json" if launcher else f"rank{trainer.global_rank}.json"
+        (self.out / name).write_text(json.dumps(record))
 
 
 def flat_params(module: nn.Module) -> list[float]:
