@@ -43,8 +43,7 @@ def loader_suffix(loader: int, loaders: int) -> str:
 class Session:
     """The state of one ``fit``, ``validate`` or ``test`` call."""
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    def __init__(self) -> None:
         self.registry = KeyRegistry()
         # Only the window is updated per training step; it drains into the epoch accumulator
         # when it is written and at epoch end, so epoch means cost nothing on ordinary steps.
@@ -64,7 +63,7 @@ class LossLog:
     """Registry, windows, epoch and evaluation accumulators, plans, and their transitions."""
 
     def __init__(self) -> None:
-        self.session = Session("none")
+        self.session = Session()
         self._restored: Mapping[str, Any] | None = None
 
     # ---------------------------------------------------------------- transitions
@@ -75,7 +74,7 @@ class LossLog:
         A state restored from a checkpoint for this call (``load_state`` just before, as
         ``fit(ckpt_path=)`` does) is applied to the new session instead of being dropped.
         """
-        self.session = Session(kind)
+        self.session = Session()
         restored, self._restored = self._restored, None
         if restored is not None and kind == "fit":
             self._apply(restored)

@@ -27,16 +27,13 @@ pooled mean is over the (rank, step) pairs where it was present and nothing ever
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from lightning_losses import collectives
-
-#: registry -> {derived name: {name: coefficient}}, see MeanAccumulator.compute.
-Derivation = Callable[["KeyRegistry"], Mapping[str, Mapping[str, float]]]
 
 
 def accumulator_dtype(device: torch.device) -> torch.dtype:
@@ -307,25 +304,21 @@ class MeanAccumulator:
         self,
         device: torch.device,
         distributed: bool | None = None,
-        derived: Derivation | None = None,
     ) -> Reduced:
         """Means over everything added since the last reset, pooled over all ranks.
 
         Must be called on every rank together when ``distributed``: it is one gather in the
         steady state. ``device`` is where a rank that never added anything builds its payload.
-        ``derived(registry)`` gives names whose sums are not accumulated but are linear
-        combinations of other names' sums (``{"train/loss": {"train/seg": 1.0, ...}}``); their
-        counts are accumulated as usual. It is asked after the ranks agree on their names.
         """
         if distributed is None:
             distributed = collectives.is_distributed()
         if not distributed:
             self.registry.agree_locally()
-            return self._finish(self._payload(device)[None].cpu(), derived)
+            return self._finish(self._payload(device)[None].cpu())
         for _ in range(2):
             gathered = collectives.gather_rows(self._payload(device)).cpu()
             if not gathered[:, 0].any():
-                return self._finish(gathered, derived)
+                return self._finish(gathered)
             self.registry.adopt(collectives.gather_objects(self.registry.pending))
         raise AssertionError("ranks did not agree on logged keys after one merge")  # unreachable
 
@@ -348,7 +341,7 @@ class MeanAccumulator:
             )
         )
 
-    def _finish(self, gathered: Tensor, derived: Derivation | None = None) -> Reduced:
+    def _finish(self, gathered: Tensor) -> Reduced:
         """Combine every rank's payload row (on the host): sums add, first steps take the min."""
         # (the min step is the max encoded entry, see note_nonfinite)
         agreed = self.registry.agreed
@@ -358,15 +351,6 @@ class MeanAccumulator:
         reduced = Reduced()
         names = self.registry.names
         sum_list = sums.tolist()
-        slot_of = self.registry.slot_of
-        for name, recipe in (derived(self.registry) if derived else {}).items():
-            slot = slot_of.get(name)
-            if slot is not None and slot < agreed:
-                sum_list[slot] = sum(
-                    weight * sum_list[slot_of[term]]
-                    for term, weight in recipe.items()
-                    if slot_of.get(term, agreed) < agreed
-                )
         for slot, (total, count, encoded, rank) in enumerate(
             zip(sum_list, counts.tolist(), latest.tolist(), first_rank.tolist())
         ):
