@@ -59,6 +59,7 @@ INSTANCES: dict[str, tuple[type, ...]] = {
     "model": (nn.Module,),
     "weighting": (nn.Module,),
     "aggregator": (nn.Module,),
+    "metrics": (nn.Module,),
 }
 #: Factory arguments, rebuilt as ``functools.partial(class, **init_args)``.
 FACTORIES: dict[str, tuple[type, ...]] = {

@@ -26,11 +26,13 @@ from lightning_losses import (
     aggregation,
     collectives,
     context,
+    evaluation,
     hparams,
     routing,
     summaries,
 )
 from lightning_losses.batches import batch_size
+from lightning_losses.calling import Call, ModelCall, describe_batch
 from lightning_losses.diagnostics import GradientDiagnostics, diagnostic_names, gradient_statistics
 from lightning_losses.log import EPOCH_SUFFIX, SKIPPED_STEPS, LossLog
 from lightning_losses.plan import StepPlan
@@ -98,6 +100,23 @@ class LossDictModule(pl.LightningModule):
         shared_parameters: qualified-name prefixes (``"trunk"``, ``["backbone", "neck"]``) of the
             parameters that gradient diagnostics and ``aggregator`` look at; default: every
             trainable parameter that two or more terms reach.
+        call: how a wrapped ``model`` is called with a batch: ``"auto"`` (unpack a mapping as
+            keywords and a tuple as positional arguments when ``forward``'s signature takes
+            them, else pass it whole), ``"batch"``, ``"positional"``, ``"keyword"``, or a
+            callable ``(model, batch) -> output`` (see :mod:`lightning_losses.calling`).
+        total_key: the entry that already is the model's weighted total (``"loss"`` for
+            HuggingFace outputs, whose ``loss`` includes ``aux_loss`` or DETR's ``loss_dict``):
+            it is backpropagated and logged as ``train/loss``; every other scalar is logged
+            under its own name and never added to it again.
+        eval_losses: where ``val/`` and ``test/`` losses come from: ``"forward"`` (the eval-mode
+            forward returns them), ``"train_forward"`` (a training-mode forward with
+            normalisation and dropout layers in eval mode and the random state restored, for
+            models that predict in eval mode, such as detectors) or ``None`` (none).
+        metrics: torchmetrics for evaluation (a ``Metric``, ``MetricCollection``, or a mapping
+            or list of them), updated with the eval-mode forward's output and logged as
+            ``val/<name>``/``test/<name>`` per dataloader; ``compute()`` syncs them over ranks.
+        metric_inputs: ``(predictions, batch) -> args of metric.update``; default
+            ``(predictions, batch[-1])``, or ``batch["labels"]`` for a mapping batch.
 
     If you override ``on_train_epoch_end``, ``on_validation_epoch_start/end``,
     ``on_test_epoch_start/end`` or ``on_before_optimizer_step``, call ``super()`` there.
@@ -117,6 +136,11 @@ class LossDictModule(pl.LightningModule):
         prog_bar: Iterable[str] = (TOTAL,),
         grad_diagnostics_every_n_steps: int | None = None,
         shared_parameters: str | Sequence[str] | None = None,
+        call: Call = "auto",
+        total_key: str | None = None,
+        eval_losses: evaluation.EvalLosses = "forward",
+        metrics: evaluation.Metrics | None = None,
+        metric_inputs: evaluation.MetricInputs | None = None,
     ) -> None:
         super().__init__()
         # Plain values only, never code (see hparams.py for what is stored and how it reloads).
@@ -148,7 +172,22 @@ class LossDictModule(pl.LightningModule):
         for module in (model, weighting, aggregator):
             if isinstance(module, nn.Module) and hparams.is_skeleton(module):
                 hparams.materialize(module)  # a skeleton from a checkpoint's hyperparameters
+        evaluation.check_eval_losses(eval_losses)
         self.model = model
+        self._model_call = ModelCall(call)
+        self.eval_losses = eval_losses
+        #: The metrics' template; each evaluation epoch updates fresh copies of it.
+        self.eval_metrics = None if metrics is None else evaluation.as_collection(metrics)
+        if metric_inputs is not None and not callable(metric_inputs):
+            raise TypeError(
+                f"metric_inputs is {describe(metric_inputs)}; expected a callable "
+                "(predictions, batch) -> arguments of metric.update"
+            )
+        self._metrics = (
+            None
+            if self.eval_metrics is None
+            else evaluation.EvalMetrics(self.eval_metrics, metric_inputs)
+        )
         self.weighting = weighting
         self._weighting_bound = False
         self.aggregator = aggregator
@@ -157,7 +196,7 @@ class LossDictModule(pl.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.nonfinite = nonfinite
         self.loss_keys = loss_keys
-        self._select = KeySelector(loss_keys)
+        self._select = KeySelector(loss_keys, total_key)
         self._weights = LossWeights(loss_weights)
         self._prog_bar = frozenset(f"train/{name}" for name in prog_bar)
         self._diagnostics = (
@@ -204,7 +243,7 @@ class LossDictModule(pl.LightningModule):
                 f"{type(self).__name__} has no model: subclass LossDictModule and define "
                 "forward(batch), or wrap one with LossDictModule(model)"
             )
-        return self.model(batch)
+        return self._model_call(self.model, batch)
 
     def training_step(self, batch: Any, batch_idx: int = 0) -> StepOutput:
         if not self.automatic_optimization:
@@ -220,12 +259,38 @@ class LossDictModule(pl.LightningModule):
     def validation_step(
         self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0
     ) -> StepOutput:
-        return self.total_loss(self(batch), stage="val", batch=batch, dataloader_idx=dataloader_idx)
+        return self.evaluate(batch, "val", dataloader_idx)
 
     def test_step(self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0) -> StepOutput:
-        return self.total_loss(
-            self(batch), stage="test", batch=batch, dataloader_idx=dataloader_idx
-        )
+        return self.evaluate(batch, "test", dataloader_idx)
+
+    def evaluate(self, batch: Any, stage: Stage = "val", dataloader_idx: int = 0) -> StepOutput:
+        """One evaluation batch: its losses (as ``eval_losses`` says) and ``metrics`` updates.
+
+        This is the whole of the provided ``validation_step`` and ``test_step``.
+        """
+        metrics = self._metrics
+        if self.eval_losses == "train_forward":
+            with evaluation.training_mode_losses(self):
+                output = self(batch)
+            result = self.total_loss(output, stage, batch, dataloader_idx)
+            if metrics is not None:
+                metrics.update(stage, dataloader_idx, self(batch), batch)
+            return result
+        output = self(batch)
+        if metrics is not None:
+            metrics.update(stage, dataloader_idx, output, batch)
+        if self.eval_losses is None:
+            return None
+        if isinstance(output, (list, tuple)):
+            raise TypeError(
+                f"{stage}: forward returned {describe_batch(output, depth=1)} in eval mode, "
+                "not losses: the model predicts in eval mode. Expected eval_losses="
+                "'train_forward' (losses from a training-mode forward that changes neither "
+                "BatchNorm statistics nor the random state) with metrics= for the predictions, "
+                "or eval_losses=None for metrics only"
+            )
+        return self.total_loss(output, stage, batch, dataloader_idx)
 
     def get_batch_size(self, batch: Any) -> int:
         """The weight of a batch in ``val/`` and ``test/`` epoch means: its number of samples
@@ -276,6 +341,7 @@ class LossDictModule(pl.LightningModule):
         if (
             not training
             and not self._select.explicit
+            and self._select.total_key is None
             and not self._select.trained
             and (len(parsed.terms) > 1 or parsed.metrics)  # a lone value can only be the loss
         ):
@@ -655,21 +721,41 @@ class LossDictModule(pl.LightningModule):
         self._log.begin("test")
 
     def on_validation_epoch_start(self) -> None:
-        self._log.begin_eval("val", _lightning.num_eval_dataloaders(self.trainer, "val"))
+        loaders = _lightning.num_eval_dataloaders(self.trainer, "val")
+        self._log.begin_eval("val", loaders)
+        if self._metrics is not None:
+            self._metrics.begin("val", loaders)
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")
 
     def on_test_epoch_start(self) -> None:
-        self._log.begin_eval("test", _lightning.num_eval_dataloaders(self.trainer, "test"))
+        loaders = _lightning.num_eval_dataloaders(self.trainer, "test")
+        self._log.begin_eval("test", loaders)
+        if self._metrics is not None:
+            self._metrics.begin("test", loaders)
 
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
 
     def _log_eval(self, stage: Stage) -> None:
-        per_loader = [reduced.means for reduced in self._log.end_eval(stage, self.device)]
+        per_loader = [dict(reduced.means) for reduced in self._log.end_eval(stage, self.device)]
         if self.trainer.sanity_checking:
+            if self._metrics is not None:
+                self._metrics.discard(stage)
             return  # Lightning writes nothing of the sanity check either
+        if self._metrics is not None:
+            for loader, values in self._metrics.compute(stage).items():
+                while len(per_loader) <= loader:
+                    per_loader.append({})
+                clash = sorted(set(values) & set(per_loader[loader]))
+                if clash:
+                    raise ValueError(
+                        f"metrics log {', '.join(map(repr, clash))}, which forward also returns; "
+                        "expected distinct names (rename the metric in a mapping or "
+                        "MetricCollection)"
+                    )
+                per_loader[loader].update(values)
         for means in per_loader:
             self._define_summaries(means)
         _lightning.publish_eval_metrics(self.trainer, per_loader)

@@ -69,8 +69,22 @@ class KeySelector:
     matched anything can be reported after the first epoch.
     """
 
-    def __init__(self, loss_keys: LossKeys = None) -> None:
+    def __init__(self, loss_keys: LossKeys = None, total_key: str | None = None) -> None:
         self.explicit = loss_keys is not None
+        if total_key is not None:
+            if not isinstance(total_key, str) or not total_key:
+                raise TypeError(
+                    f"total_key is {describe(total_key)}; expected the name of the entry that "
+                    "holds the model's own total loss (\"loss\" for HuggingFace models) or None"
+                )
+            if loss_keys is not None:
+                raise ValueError(
+                    f"total_key={total_key!r} and loss_keys={loss_keys!r} both decide what is "
+                    "summed into the loss; expected one of them: total_key to train on the "
+                    "model's own total, loss_keys to choose and weight the terms yourself"
+                )
+        #: The entry that already is the model's weighted total (see ``parse_output``).
+        self.total_key = total_key
         self._predicate: Callable[[str], bool] | None = None
         self._names: frozenset[str] = frozenset()
         self._patterns: tuple[str, ...] = ()
@@ -269,6 +283,8 @@ def parse_output(output: Any, select: KeySelector, stage: str = "train") -> Pars
             f"forward returned {describe(output)}; expected a 0-dim floating tensor (the loss), "
             "a mapping of names to losses and other values, or None"
         )
+    if select.total_key is not None:
+        return _parse_with_total(output, select, training)
     if not select.explicit:
         fast = _all_loss_terms(output, select, training)
         if fast is not None:
@@ -297,6 +313,52 @@ def parse_output(output: Any, select: KeySelector, stage: str = "train") -> Pars
         for name in [n for n in terms if n != TOTAL]:
             parsed.metrics[name] = terms.pop(name)
     _check_reserved(parsed)
+    return parsed
+
+
+def _parse_with_total(
+    output: Mapping[Any, Any], select: KeySelector, training: bool
+) -> ParsedOutput | None:
+    """``total_key``: the model summed its own terms into one entry (HuggingFace's ``loss``,
+    which already holds ``router_aux_loss_coef * aux_loss``, or DETR's weighted ``loss_dict``).
+
+    That entry is the one term (logged as the total, ``train/loss``, and backpropagated as it
+    is); every other scalar is one of its parts or a metric, logged under its own name and never
+    added again, gradient or not.
+    """
+    key = select.total_key
+    flat = flatten(output)
+    if not flat:
+        return None
+    parsed = ParsedOutput()
+    total = flat.pop(key, None)  # type: ignore[arg-type]
+    if total is not None:
+        if not is_loss_tensor(total):
+            raise TypeError(
+                f"total_key {key!r} is {describe(total)}; expected a 0-dim floating tensor (the "
+                "model's own total loss)"
+            )
+        parsed.terms[TOTAL] = total
+        if training and torch.is_grad_enabled():
+            select.is_term(TOTAL, total, training)  # a verdict, so evaluation knows it too
+    for name, value in flat.items():
+        if is_scalar(value):
+            parsed.metrics[name] = value
+        else:
+            parsed.outputs[name] = value
+    if total is None and training:
+        found = ", ".join(map(repr, flat)) or "nothing"
+        raise ValueError(
+            f"total_key={key!r}, but forward returned no {key!r} in training (found {found}); "
+            f"expected the model's total loss under {key!r} (HuggingFace models compute it when "
+            "the batch has labels), or None for a batch with nothing to learn"
+        )
+    if TOTAL in parsed.metrics and parsed.terms:
+        raise ValueError(
+            f"forward returned an entry named {TOTAL!r} ({describe(parsed.metrics[TOTAL])}) next "
+            f"to total_key {key!r}; {TOTAL!r} is where that total is logged, so expected "
+            "another name for it"
+        )
     return parsed
 
 
@@ -332,7 +394,10 @@ def _check_reserved(parsed: ParsedOutput) -> None:
         others = ", ".join(repr(k) for k in parsed.terms if k != TOTAL)
         raise ValueError(
             f"forward returned a loss term named {TOTAL!r} next to other loss terms ({others}); "
-            f"{TOTAL!r} is the name of their weighted total, so expected another name for it"
+            f"{TOTAL!r} is the name of their weighted total, so expected another name for it. "
+            f"If {TOTAL!r} already includes the others (HuggingFace outputs: MoE aux_loss, "
+            f"DETR loss_dict), pass total_key={TOTAL!r} to train on it and log the others as "
+            "its parts"
         )
     if TOTAL in parsed.metrics and parsed.terms:
         raise ValueError(
