@@ -117,7 +117,9 @@ def decide(model: nn.Module, batch: Any) -> str:
         return _PASS_WHOLE  # a scripted or C++ forward: the documented default
     params = list(signature.parameters.values())
     positional = [
-        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        p
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
     ]
     whole = _binds(signature, (batch,), {})
     if isinstance(batch, Mapping):
@@ -151,7 +153,9 @@ def describe_batch(batch: Any, depth: int = 2) -> str:
     """The batch's structure in a few words: ``a tuple of 2 (Tensor[8, 3, 32, 32] float32, list
     of 8 dict with keys 'boxes', 'labels')``."""
     if isinstance(batch, Tensor):
-        return f"Tensor[{', '.join(map(str, batch.shape))}] {str(batch.dtype).replace('torch.', '')}"
+        return (
+            f"Tensor[{', '.join(map(str, batch.shape))}] {str(batch.dtype).replace('torch.', '')}"
+        )
     if isinstance(batch, Mapping):
         keys = list(batch)
         shown = ", ".join(repr(k) for k in keys[:8]) + (", ..." if len(keys) > 8 else "")

@@ -61,9 +61,7 @@ def training_mode_losses(module: nn.Module) -> Iterator[None]:
     a submodule the user froze in eval mode on purpose).
     """
     modes = [(m, m.training) for m in module.modules()]
-    devices = sorted(
-        {p.device.index or 0 for p in module.parameters() if p.device.type == "cuda"}
-    )
+    devices = sorted({p.device.index or 0 for p in module.parameters() if p.device.type == "cuda"})
     try:
         with torch.random.fork_rng(devices=devices):
             for submodule, _ in modes:
@@ -177,8 +175,12 @@ def _flatten(computed: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
         key = f"{prefix}{name}"
         if isinstance(value, Mapping):
             flat.update(_flatten(value, f"{key}/"))
-        elif isinstance(value, Tensor) and value.dim() == 0 and not value.is_complex():
-            flat[key] = float(value)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        elif _is_real_scalar(value):
             flat[key] = float(value)
     return flat
+
+
+def _is_real_scalar(value: Any) -> bool:
+    if isinstance(value, Tensor):
+        return value.dim() == 0 and not value.is_complex()
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

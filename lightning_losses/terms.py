@@ -75,7 +75,7 @@ class KeySelector:
             if not isinstance(total_key, str) or not total_key:
                 raise TypeError(
                     f"total_key is {describe(total_key)}; expected the name of the entry that "
-                    "holds the model's own total loss (\"loss\" for HuggingFace models) or None"
+                    'holds the model\'s own total loss ("loss" for HuggingFace models) or None'
                 )
             if loss_keys is not None:
                 raise ValueError(
@@ -302,6 +302,10 @@ def parse_output(output: Any, select: KeySelector, stage: str = "train") -> Pars
                     "expected a 0-dim floating tensor"
                 )
             terms[name] = value
+        elif explicit and name == TOTAL:
+            # loss_keys chose the terms, and "loss" is not one of them (a HuggingFace model's own
+            # sum of the terms chosen): train/loss is our weighted total, so it passes through
+            parsed.outputs[name] = value
         elif is_scalar(value):
             parsed.metrics[name] = value
         else:

@@ -115,6 +115,8 @@ class Recorder(Callback):
             "collectives": self.counts,
             "skipped_steps": getattr(pl_module, "skipped_steps", 0),
         }
+        if getattr(pl_module, "record_state", False):
+            record["state"] = {k: v.tolist() for k, v in pl_module.state_dict().items()}
         self.out.mkdir(parents=True, exist_ok=True)
         # Under ddp_spawn the launching process has no process group; an exception it sees (a
         # worker that exited abnormally) goes to its own file instead of overwriting rank 0's.
@@ -352,6 +354,22 @@ def scenario(name: str) -> tuple[L.LightningModule, dict[str, Any], dict[str, An
             dict(train_dataloaders=DataLoader(index, batch_size=1), val_dataloaders=vals),
             dict(max_epochs=1, log_every_n_steps=3),
         )
+    if name == "detector":
+        from detection import BoxAP, Scenes, TinyRCNN, collate
+
+        torch.manual_seed(0)
+        module = LossDictModule(
+            TinyRCNN(negatives=16),  # every negative: val losses without random draws
+            eval_losses="train_forward",
+            metrics={"ap": BoxAP()},
+            optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
+        )
+        module.record_state = True
+        data = {
+            "train_dataloaders": DataLoader(Scenes(16, 0), batch_size=4, collate_fn=collate),
+            "val_dataloaders": DataLoader(Scenes(16, 1), batch_size=4, collate_fn=collate),
+        }
+        return module, data, dict(max_epochs=2)
     if name == "add_loss":
         return (
             AddsLosses(),

@@ -88,8 +88,12 @@ class TinyRCNN(nn.Module):
             )
             classes.append(F.cross_entropy(self.classifier(image_cells[sampled]), labels[sampled]))
             goal = (boxes[positive] - self.anchors[positive]) / CELL
-            rpn.append(F.smooth_l1_loss(self.rpn_deltas(image_cells[positive]), goal, reduction="sum"))
-            deltas.append(F.smooth_l1_loss(self.box_deltas(image_cells[positive]), goal, reduction="sum"))
+            rpn.append(
+                F.smooth_l1_loss(self.rpn_deltas(image_cells[positive]), goal, reduction="sum")
+            )
+            deltas.append(
+                F.smooth_l1_loss(self.box_deltas(image_cells[positive]), goal, reduction="sum")
+            )
         count = max(1, sum(int((self._match(t)[0] > 0).sum()) for t in targets))
         return {
             "loss_classifier": torch.stack(classes).mean(),
@@ -135,7 +139,10 @@ class Scenes(Dataset):
                 image[(label - 1) % 3, y : y + size, x : x + size] += 1.0
                 boxes.append([x, y, x + size, y + size])
                 labels.append(label)
-            target = {"boxes": torch.tensor(boxes, dtype=torch.float), "labels": torch.tensor(labels)}
+            target = {
+                "boxes": torch.tensor(boxes, dtype=torch.float),
+                "labels": torch.tensor(labels),
+            }
             self.items.append((image, target))
 
     def __len__(self) -> int:
@@ -234,8 +241,15 @@ def average_precision(scores: list[float], hits: list[float], objects: float) ->
 
 def reference_ap(model: nn.Module, dataset, num_classes: int = 3) -> float:
     """mAP@0.5 of ``model`` on ``dataset``, computed without torchmetrics or Lightning."""
+    return reference_scores(model, dataset, num_classes)["map_50"]
+
+
+def reference_scores(model: nn.Module, dataset, num_classes: int = 3) -> dict[str, float]:
+    """``BoxAP``'s values for ``model`` on ``dataset``, computed without torchmetrics."""
     model.eval()
-    per_class: dict[int, tuple[list[float], list[float]]] = {c: ([], []) for c in range(1, num_classes + 1)}
+    per_class: dict[int, tuple[list[float], list[float]]] = {
+        c: ([], []) for c in range(1, num_classes + 1)
+    }
     objects = dict.fromkeys(range(1, num_classes + 1), 0.0)
     with torch.no_grad():
         for image, target in dataset:
@@ -247,4 +261,5 @@ def reference_ap(model: nn.Module, dataset, num_classes: int = 3) -> float:
             for label in target["labels"].tolist():
                 objects[label] += 1
     aps = [average_precision(*per_class[c], objects[c]) for c in per_class if objects[c] > 0]
-    return sum(aps) / len(aps)
+    hits = sum(sum(flags) for _, flags in per_class.values())
+    return {"map_50": sum(aps) / len(aps), "recall_50": hits / sum(objects.values())}

@@ -391,3 +391,39 @@ def test_sixteen_terms_cost_at_most_one_collective_per_write(tmp_path):
     # (an object gather, counted once and for the two gathers it issues, and a second gather)
     assert extra <= writes + epochs + 4, (ours[0]["collectives"], plain[0]["collectives"])
     assert collectives(ours[0]) == collectives(ours[1])
+
+
+def test_detector_val_losses_and_metrics_under_ddp_equal_a_single_process_reference(tmp_path):
+    # Each rank validates half of the set; val/ losses are pooled by batch size over the ranks,
+    # the AP metric's states are gathered by torchmetrics alone (a second reduction would double
+    # the object counts and halve recall_50).
+    from detection import Scenes, TinyRCNN, collate, reference_scores
+
+    ranks = run_job("detector", tmp_path)
+    assert [r["exception"] for r in ranks] == [None, None]
+    state = {k.removeprefix("model."): torch.tensor(v) for k, v in ranks[0]["state"].items()}
+    model = TinyRCNN(negatives=16)
+    model.load_state_dict(state)
+    val = Scenes(16, 1)
+
+    held = TinyRCNN(negatives=16)
+    held.load_state_dict(state)
+    held.train()
+    held.backbone[1].eval()  # BatchNorm
+    held.backbone[3].eval()  # Dropout
+    sums: dict[str, float] = {}
+    for rank in (0, 1):  # DistributedSampler(shuffle=False): rank r holds items r, r+2, ...
+        items = [val[i] for i in range(rank, len(val), 2)]
+        for start in range(0, len(items), 4):
+            images, targets = collate(items[start : start + 4])
+            with torch.no_grad():
+                for name, value in held(images, targets).items():
+                    sums[name] = sums.get(name, 0.0) + float(value) * len(images)
+    expected = {f"val/{k}": v / len(val) for k, v in sums.items()}
+    expected["val/loss"] = sum(expected.values())
+    expected.update({f"val/{k}": v for k, v in reference_scores(model, val).items()})
+    (last_val,) = [m for _, m in ranks[0]["logged"] if "val/map_50" in m][-1:]
+    assert {k: last_val[k] for k in expected} == pytest.approx(expected, rel=1e-5)
+    for rank in ranks:
+        metrics = rank["callback_metrics"]
+        assert {k: metrics[k] for k in expected} == pytest.approx(expected, rel=1e-5)

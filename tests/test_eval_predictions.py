@@ -108,8 +108,9 @@ def test_validation_losses_leave_training_exactly_as_without_them():
     torch.manual_seed(0)
     naive = Naive(TinyRCNN(), optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
     changed = fitted_state(naive)
-    assert not torch.equal(changed["model.backbone.1.running_mean"],
-                           predictions_only["model.backbone.1.running_mean"])
+    assert not torch.equal(
+        changed["model.backbone.1.running_mean"], predictions_only["model.backbone.1.running_mean"]
+    )
 
 
 def test_training_mode_losses_restores_every_module_and_the_random_state():
@@ -129,8 +130,11 @@ def test_training_mode_losses_restores_every_module_and_the_random_state():
 
 def test_a_model_that_predicts_in_eval_mode_is_told_which_option_to_pass():
     module = detector(eval_losses="forward", metrics=None)
-    with pytest.raises(TypeError, match=r"val: forward returned a list of 4 in eval mode.*"
-                       r"eval_losses='train_forward'"):
+    with pytest.raises(
+        TypeError,
+        match=r"val: forward returned a list of 4 in eval mode.*"
+        r"eval_losses='train_forward'",
+    ):
         make_trainer().validate(module, loader(Scenes(4, 1)), verbose=False)
 
 
@@ -210,7 +214,9 @@ def test_metric_inputs_default_and_override():
     torch.manual_seed(0)
     x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
     data = DataLoader(list(zip(x, y)), batch_size=5)
-    module = LossDictModule(Classifier(), eval_losses=None, metrics={"acc": MulticlassAccuracy(3, average="micro")})
+    module = LossDictModule(
+        Classifier(), eval_losses=None, metrics={"acc": MulticlassAccuracy(3, average="micro")}
+    )
     (returned,) = make_trainer().validate(module, data, verbose=False)
     with torch.no_grad():
         expected = MulticlassAccuracy(3, average="micro")(module.model.net(x), y)
