@@ -1,5 +1,6 @@
 """Every example is a real program: it runs to completion, on a CPU, in seconds."""
 
+import ast
 import csv
 import math
 import os
@@ -32,9 +33,37 @@ def run(script: str, *args: str, cwd: Path) -> str:
     return result.stdout
 
 
+#: examples of real HuggingFace models (transformers is in the test extra, not a dependency)
+NEEDS_TRANSFORMERS = {"huggingface_moe.py", "detr_loss_dict.py"}
+
+
 @pytest.mark.parametrize("script", [s for s in SCRIPTS if s != "multitask.py"])
 def test_example_runs(script, tmp_path):
+    if script in NEEDS_TRANSFORMERS:
+        pytest.importorskip("transformers")
     assert "train/" in run(script, cwd=tmp_path)
+
+
+def final_metrics(out: str) -> dict[str, float]:
+    return ast.literal_eval(out.strip().splitlines()[-1])
+
+
+def test_detr_trained_on_its_own_total_or_on_our_weighted_terms_is_the_same_run(tmp_path):
+    pytest.importorskip("transformers")
+    own = final_metrics(run("detr_loss_dict.py", cwd=tmp_path))
+    ours = final_metrics(run("detr_loss_dict.py", "--reweigh", cwd=tmp_path))
+    assert {k: v for k, v in ours.items() if not k.startswith("weight/")} == pytest.approx(
+        own, abs=2e-4
+    )
+    assert ours["weight/loss_dict/loss_bbox"] == 5.0 and ours["weight/loss_dict/loss_giou"] == 2.0
+
+
+def test_moe_example_logs_the_aux_loss_beside_the_total(tmp_path):
+    pytest.importorskip("transformers")
+    metrics = final_metrics(run("huggingface_moe.py", cwd=tmp_path))
+    assert {"train/loss", "train/aux_loss", "val/loss", "val/aux_loss"} <= set(metrics)
+    # the load-balancing loss of a top-2-of-4 router is about num_experts_per_tok at balance
+    assert 1.5 < metrics["train/aux_loss"] < 4.0
 
 
 def test_main_example_writes_per_loss_logs_and_curves(tmp_path):
