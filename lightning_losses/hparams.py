@@ -61,6 +61,8 @@ INSTANCES: dict[str, tuple[type, ...]] = {
     "aggregator": (nn.Module,),
     "metrics": (nn.Module,),
 }
+#: Module arguments without weights: one that cannot be rebuilt is left out on load, loudly.
+WEIGHTLESS = frozenset({"metrics"})
 #: Factory arguments, rebuilt as ``functools.partial(class, **init_args)``.
 FACTORIES: dict[str, tuple[type, ...]] = {
     "optimizer": (Optimizer,),
@@ -321,6 +323,11 @@ def for_checkpoint(module: Any, stored: Mapping[str, Any]) -> dict[str, Any]:
 
 def _save_warning(owner: str, name: str, where: str, why: str) -> str:
     head = f"the checkpoint cannot record {where} ({why})"
+    if name in WEIGHTLESS:
+        return (
+            f"{head}; {owner}.load_from_checkpoint(path) then logs no {name} (with a warning) "
+            f"unless you pass {name}=... again"
+        )
     if name in INSTANCES:
         return (
             f"{head}; load it with {owner}.load_from_checkpoint(path, {name}=...), which then "
@@ -419,6 +426,9 @@ def _warn_dropped(owner: str, name: str, why: str, instead: str) -> None:
 def _decode(owner: str, name: str, value: Any) -> Any:
     if name in INSTANCES:
         if value is None:
+            return None
+        if is_not_saved(value) and name in WEIGHTLESS:
+            _warn_dropped(owner, name, str(value[NOT_SAVED]), f"has {name}=None")
             return None
         if is_not_saved(value):
             raise ValueError(

@@ -232,3 +232,19 @@ def test_metric_inputs_default_and_override():
     with torch.no_grad():
         expected = (swapped.model.net(x).argmax(-1) == y).float().mean()
     assert returned["val/acc"] == pytest.approx(float(expected))
+
+
+def test_a_checkpoint_of_a_module_with_metrics_loads_without_them_and_says_so(tmp_path):
+    module = detector()
+    trainer = make_trainer(default_root_dir=tmp_path, enable_checkpointing=True)
+    with pytest.warns(UserWarning, match=r"cannot record metrics .* logs no metrics"):
+        trainer.fit(module, loader(Scenes(8, 0)), loader(Scenes(8, 1)))
+    path = trainer.checkpoint_callback.best_model_path
+    with pytest.warns(UserWarning, match=r"does not record metrics .* has metrics=None"):
+        loaded = LossDictModule.load_from_checkpoint(path, model=TinyRCNN())
+    assert loaded.eval_metrics is None and loaded.eval_losses == "train_forward"
+    again = LossDictModule.load_from_checkpoint(path, model=TinyRCNN(), metrics={"ap": BoxAP()})
+    (returned,) = make_trainer().validate(again, loader(Scenes(8, 1)), verbose=False)
+    assert returned["val/map_50"] == pytest.approx(reference_ap(again.model, Scenes(8, 1)))
+    for name, value in module.state_dict().items():
+        assert torch.equal(again.state_dict()[name], value), name
