@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -53,6 +53,8 @@ from lightning_losses.weights import LossWeights, WeightValue
 Stage = Literal["train", "val", "test"]
 NonFinite = Literal["raise", "skip", "off"]
 NONFINITE_MODES = ("raise", "skip", "off")
+RouteMode = Literal["joint", "sequential"]
+ROUTE_MODES = ("joint", "sequential")
 STAGES = ("train", "val", "test")
 #: Lightning's advice for epoch-level values under DDP; ours are reduced over ranks already.
 _SYNC_DIST_ADVICE = r"It is recommended to use `self\.log\('"
@@ -117,6 +119,11 @@ class LossDictModule(pl.LightningModule):
             ``val/<name>``/``test/<name>`` per dataloader; ``compute()`` syncs them over ranks.
         metric_inputs: ``(predictions, batch) -> args of metric.update``; default
             ``(predictions, batch[-1])``, or ``batch["labels"]`` for a mapping batch.
+        route_mode: with per-key optimizers, ``"joint"`` (every active route steps on one
+            forward's gradients) or ``"sequential"`` (within each batch the routes step one
+            after another, ``forward`` re-run before each: the classic GAN loop). Routes whose
+            dict has ``"frequency"`` take turns either way; ``self.active_routes`` tells
+            ``forward`` which routes step now.
 
     If you override ``on_train_epoch_end``, ``on_validation_epoch_start/end``,
     ``on_test_epoch_start/end`` or ``on_before_optimizer_step``, call ``super()`` there.
@@ -141,6 +148,7 @@ class LossDictModule(pl.LightningModule):
         eval_losses: evaluation.EvalLosses = "forward",
         metrics: evaluation.Metrics | None = None,
         metric_inputs: evaluation.MetricInputs | None = None,
+        route_mode: RouteMode = "joint",
     ) -> None:
         super().__init__()
         # Plain values only, never code (see hparams.py for what is stored and how it reloads).
@@ -173,6 +181,12 @@ class LossDictModule(pl.LightningModule):
             if isinstance(module, nn.Module) and hparams.is_skeleton(module):
                 hparams.materialize(module)  # a skeleton from a checkpoint's hyperparameters
         evaluation.check_eval_losses(eval_losses)
+        if route_mode not in ROUTE_MODES:
+            raise ValueError(
+                f"route_mode={route_mode!r}; expected 'joint' (every route on one forward's "
+                "gradients) or 'sequential' (routes step one after another within a batch)"
+            )
+        self.route_mode = route_mode
         self.model = model
         self._model_call = ModelCall(call)
         self.eval_losses = eval_losses
@@ -215,6 +229,12 @@ class LossDictModule(pl.LightningModule):
         self._drop_gradients = False
         self._summarized: set[str] = set()
         self._router: routing.Router | None = None
+        self._checked_alternation = False
+        self._restored_route_steps: dict[str, int] | None = None
+        self._default_prog_bar = tuple(prog_bar) == (TOTAL,)
+        #: route_mode="sequential": each name's value from the pass that logs it (see _pend).
+        self._pending_terms: dict[str, Tensor] = {}
+        self._pending_metrics: dict[str, Tensor | float] = {}
         # add_loss/add_metric from submodules: a step's collection opens with its forward when
         # no batch-start hook opened one (see context.py)
         self.register_forward_pre_hook(_open_step_collection)
@@ -320,6 +340,11 @@ class LossDictModule(pl.LightningModule):
             dataloader_idx = _lightning.current_dataloader_idx(self) if stage != "train" else 0
         result = self._reduce(output, stage, batch, dataloader_idx)
         if stage == "train":
+            current = self._sequential_pass()
+            if current is not None:
+                if current != self._router.optimizer.active[-1]:  # type: ignore[union-attr]
+                    return result  # the batch's values are recorded after its last pass
+                self._record_passes(batch)
             self._log.step_taken()
         if (
             stage == "train"
@@ -336,7 +361,10 @@ class LossDictModule(pl.LightningModule):
             if training and parsed is not None:
                 raise ValueError(no_terms_message(parsed, self._select, repr(self.loss_keys)))
             if parsed is not None and parsed.metrics:
-                self._record(stage, parsed, None, None, None, batch, loader)
+                if training and self._sequential_pass() is not None:
+                    self._pend(parsed)
+                else:
+                    self._record(stage, parsed, None, None, None, batch, loader)
             return self._nothing_to_learn() if training else _step_output(None, parsed)
         if (
             not training
@@ -385,8 +413,126 @@ class LossDictModule(pl.LightningModule):
             objective = self._gradient_objective(plan.terms, terms, losses, weights, total)
             if penalty is not None and objective is not total:
                 objective = objective + penalty  # the strategy's own parameters learn from it
-        self._record(stage, parsed, plan, losses, total, batch, loader, weights, step)
+        if training and self._sequential_pass() is not None:
+            self._pend(parsed)
+        else:
+            self._record(stage, parsed, plan, losses, total, batch, loader, weights, step)
         return _step_output(objective, parsed)
+
+    # ------------------------------------------------------------------ sequential routes
+
+    def _sequential_pass(self) -> routing.Route | None:
+        """The route whose pass is running (``route_mode="sequential"``, training), else None."""
+        router = self._router
+        return None if router is None else router.optimizer.current
+
+    def _pend(self, parsed: ParsedOutput) -> None:
+        """Keep this pass's share of the batch's values: a term from the pass of its own route
+        (the first route that includes it; it may be computed in every pass), a term of no
+        stepping route and every metric from the first pass that returns it."""
+        router = self._router
+        assert router is not None
+        current, active = router.optimizer.current, router.optimizer.active
+        for name, value in parsed.terms.items():
+            owner = router.owner(name)
+            if owner == current or (
+                (owner is None or owner not in active) and name not in self._pending_terms
+            ):
+                self._pending_terms[name] = value.detach()
+        for name, value in parsed.metrics.items():
+            if name not in self._pending_metrics:
+                self._pending_metrics[name] = value.detach() if isinstance(value, Tensor) else value
+
+    def _record_passes(self, batch: Any) -> None:
+        """Record the batch's values, gathered over its passes, as one training step."""
+        parsed = ParsedOutput(terms=self._pending_terms, metrics=self._pending_metrics)
+        self._pending_terms, self._pending_metrics = {}, {}
+        if not parsed.terms:
+            if parsed.metrics:
+                self._record("train", parsed, None, None, None, batch, 0)
+            return
+        plan = self._plan("train", parsed, 0)
+        losses = _stack_terms(parsed.terms)
+        if losses.dtype is not torch.float32 and losses.dtype is not torch.float64:
+            losses = losses.float()
+        step = self._global_step()
+        weights = None
+        if not plan.weights.all_ones:
+            weights = plan.weights.vector(step, losses.device, losses.dtype)
+        total = losses.sum() if weights is None else torch.dot(losses, weights)
+        self._record("train", parsed, plan, losses, total, batch, 0, weights, step)
+
+    @property
+    def active_routes(self) -> frozenset[str]:
+        """The routes that step now, for ``forward`` to skip losses no active route needs.
+
+        In training with per-key optimizers: the routes whose turn it is (``"frequency"``), or in
+        ``route_mode="sequential"`` the route whose pass runs. Outside training (validation,
+        test) every route, so that evaluation computes every loss; before the optimizers exist
+        (``validate()`` before ``fit``) a set that contains every name. With one optimizer:
+        ``{"loss"}``.
+        """
+        router = self._router if self._trainer_attached() else None
+        if router is None:
+            if self._trainer_attached() and not self.trainer.training:
+                # validate()/test() before any fit: the routes are unknown, and all of them count
+                return routing.EVERY_ROUTE
+            return frozenset({TOTAL})
+        if self.trainer.training:
+            return frozenset(routing.route_name(r) for r in router.stepping())
+        return frozenset(router.route_names())
+
+    def _begin_routed_batch(self) -> None:
+        """Set which routes step at this batch (turns follow ``global_step``)."""
+        router = self._route_for_step()
+        if router is None:
+            if self.route_mode == "sequential":
+                raise ValueError(
+                    "route_mode='sequential' steps per-key optimizers one after another, but "
+                    "configure_optimizers returned one optimizer; expected a route map such as "
+                    "{'discriminator': Adam(...), 'generator': Adam(...)}"
+                )
+            return
+        composite = router.optimizer
+        if self._restored_route_steps:  # a resumed run: what each route's scheduler follows
+            for route in composite.optimizers:
+                name = routing.route_name(route)
+                composite.steps_taken[route] = int(self._restored_route_steps.get(name, 0))
+            self._restored_route_steps = None
+        composite.sequential = self.route_mode == "sequential"
+        composite.current = None
+        composite.active = composite.turn(self.trainer.global_step)
+        if router.alternating and not self._checked_alternation:
+            self._checked_alternation = True
+            self._check_alternation(router)
+
+    def _check_alternation(self, router: routing.Router) -> None:
+        if self.weighting is not None or self.aggregator is not None:
+            chosen = "weighting" if self.weighting is not None else "aggregator"
+            raise ValueError(
+                f"{chosen}= combines every term into one gradient, but the per-key optimizers "
+                "take turns (frequency) or run in sequence; expected one or the other"
+            )
+        if self.route_mode == "sequential":
+            if self.trainer.accumulate_grad_batches > 1:
+                raise ValueError(
+                    "route_mode='sequential' re-runs forward before each route's step within "
+                    f"a batch; with accumulate_grad_batches={self.trainer.accumulate_grad_batches}"
+                    " a route would have to step before the others' micro-batches ran; expected "
+                    "accumulate_grad_batches=1, or turns ('frequency') with route_mode='joint', "
+                    "which span whole accumulated steps"
+                )
+            if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+                raise ValueError(
+                    "route_mode='sequential' runs one closure per route inside the optimizer "
+                    "step, which a GradScaler (precision='16-mixed') does not allow (it runs the "
+                    "closure before stepping); expected precision='bf16-mixed' or '32', or turns "
+                    "('frequency') with route_mode='joint'"
+                )
+        if self._default_prog_bar:
+            # the sum of a generator's and a discriminator's loss means nothing: show each
+            names = [t for route in router.routes for t in route if t != TOTAL]
+            self._prog_bar = frozenset(f"train/{name}" for name in names) or self._prog_bar
 
     def _gradient_objective(
         self,
@@ -407,9 +553,13 @@ class LossDictModule(pl.LightningModule):
                     "per-key optimizers without it"
                 )
             router.note(names)
+            weighted = losses if weights is None else losses * weights
+            if router.alternating:
+                # only the stepping routes' gradients; zeros for every other parameter
+                return router.surrogate(names, weighted, router.stepping())
             if router.one_backward_suffices(names, terms):
                 return total
-            return router.surrogate(names, losses if weights is None else losses * weights)
+            return router.surrogate(names, weighted)
         if self.aggregator is None or not torch.is_grad_enabled():
             return total
         shared = self._aggregated(self, names, terms)
@@ -632,6 +782,7 @@ class LossDictModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self._log.begin("fit")
+        self._router, self._checked_alternation = None, False  # this fit's optimizers
         self._check_restored_routes()
 
     def on_train_epoch_end(self) -> None:
@@ -684,6 +835,7 @@ class LossDictModule(pl.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         context.open_step(self, fresh=True)
+        self._begin_routed_batch()
 
     def on_validation_batch_start(
         self, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -787,8 +939,19 @@ class LossDictModule(pl.LightningModule):
                 optimizer, gradient_clip_val, gradient_clip_algorithm
             )
             return
-        for inner in composite.optimizers.values():
-            self.clip_gradients(inner, gradient_clip_val, gradient_clip_algorithm)
+        stepping = composite.active if composite.current is None else (composite.current,)
+        for route in stepping:  # the others hold zero gradients
+            inner = composite.optimizers[route]
+            if route not in composite.clipping:
+                self.clip_gradients(inner, gradient_clip_val, gradient_clip_algorithm)
+                continue
+            # The route's own setting replaces the Trainer's. Straight to the precision plugin:
+            # LightningModule.clip_gradients refuses a value that differs from the Trainer's.
+            own_val, own_algorithm = composite.clipping[route]
+            algorithm = own_algorithm or gradient_clip_algorithm or "norm"
+            self.trainer.precision_plugin.clip_gradients(
+                inner, own_val or 0.0, gradient_clip_algorithm=GradClipAlgorithmType(algorithm)
+            )
 
     def configure_optimizers(self) -> Any:
         factory = self.optimizer_factory or default_optimizer
@@ -812,6 +975,11 @@ class LossDictModule(pl.LightningModule):
             # training's term/metric verdicts, so that evaluation after a reload sums the same
             "classification": self._select.state(),
             "routes": router.route_names() if router is not None else None,
+            "route_steps": (
+                {routing.route_name(r): n for r, n in router.optimizer.steps_taken.items()}
+                if router is not None
+                else None
+            ),
         }
         stored = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
         if stored is not None:  # plain values only; what is left out is named (see hparams.py)
@@ -857,6 +1025,7 @@ class LossDictModule(pl.LightningModule):
         if resuming:
             if "routes" in state:
                 self._restored_routes = state["routes"]
+            self._restored_route_steps = state.get("route_steps")
             # Most strategies restore before on_fit_start (which begins the fit's session);
             # FSDP-like ones after it, into the session already begun.
             after_start = bool(

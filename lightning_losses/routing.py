@@ -13,6 +13,18 @@ to leave each parameter holding the gradient of *its own route's* weighted loss:
   surrogate ``sum_p <p, g_p>`` whose backward writes exactly ``g_p`` into ``p.grad``. That backward
   is the only one DDP sees (``autograd.grad`` does not fire its hooks), so gradients are
   synchronised once per step, and clipping, accumulation and AMP scaling apply to it unchanged.
+
+Alternating optimizers (GANs, API section 8) live here too. A route's dict may carry
+``"frequency": n`` (routes take turns, ``n`` consecutive optimizer steps each, in the order given)
+and its own ``"gradient_clip_val"``/``"gradient_clip_algorithm"``. The turn is a function of
+``trainer.global_step`` alone (the number of optimizer steps so far), so it needs no state of its
+own: a turn spans whole accumulated steps, and a resumed run continues mid-cycle exactly. Only the
+active routes' optimizers step, only their schedulers follow, and the other routes' parameters
+get zero gradients (so DDP, without ``find_unused_parameters``, hears from every parameter).
+``route_mode="sequential"`` runs Lightning's closure once per active route inside the one
+``optimizer.step(closure)`` Lightning calls (the mechanism LBFGS uses): each pass re-runs
+``training_step``, so each route's ``forward`` sees the previous routes' update, and clipping and
+``on_before_optimizer_step`` apply per pass.
 """
 
 from __future__ import annotations
@@ -29,6 +41,20 @@ from lightning_losses.cache import BoundedCache
 from lightning_losses.terms import TOTAL, describe
 
 Route = tuple[str, ...]  # the terms of a route; ("loss",) is the weighted total
+
+
+class _EveryRoute(frozenset):
+    """``active_routes`` before the routes are known (evaluation before any fit): every route
+    counts, so ``name in active_routes`` holds for every name."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "EVERY_ROUTE"
+
+
+EVERY_ROUTE: frozenset[str] = _EveryRoute()
 
 
 def is_route_map(config: Any) -> bool:
@@ -52,9 +78,26 @@ class RoutedOptimizer(Optimizer):
     the route optimizer that owns it.
     """
 
-    def __init__(self, optimizers: Mapping[Route, Optimizer]) -> None:
+    def __init__(
+        self,
+        optimizers: Mapping[Route, Optimizer],
+        frequencies: Mapping[Route, int] | None = None,
+        clipping: Mapping[Route, tuple[float | None, str | None]] | None = None,
+    ) -> None:
         # Optimizer.__init__ would rebuild param groups from params; ours are the routes' own.
         self.optimizers = dict(optimizers)
+        #: Turns: consecutive optimizer steps per route (empty: every route steps every time).
+        self.frequencies = dict(frequencies or {})
+        #: A route's own gradient clipping (val, algorithm), instead of the Trainer's.
+        self.clipping = dict(clipping or {})
+        #: The routes that step at the current optimizer step, in order (set per batch).
+        self.active: tuple[Route, ...] = tuple(self.optimizers)
+        #: ``route_mode="sequential"``: one closure pass per active route inside ``step``.
+        self.sequential = False
+        #: The route whose pass is running (sequential mode), else ``None``.
+        self.current: Route | None = None
+        #: Optimizer steps taken per route: what a route's scheduler follows.
+        self.steps_taken: dict[Route, int] = dict.fromkeys(self.optimizers, 0)
         self.defaults: dict[str, Any] = {}
         self._optimizer_step_pre_hooks = {}  # type: ignore[assignment]
         self._optimizer_step_post_hooks = {}  # type: ignore[assignment]
@@ -74,15 +117,42 @@ class RoutedOptimizer(Optimizer):
             merged.update(opt.state)
         return merged
 
+    def turn(self, global_step: int) -> tuple[Route, ...]:
+        """The routes that step at optimizer step ``global_step`` (all of them without turns)."""
+        if not self.frequencies:
+            return tuple(self.optimizers)
+        position = global_step % sum(self.frequencies.values())
+        for route, frequency in self.frequencies.items():
+            if position < frequency:
+                return (route,)
+            position -= frequency
+        raise AssertionError("unreachable: position < sum of frequencies")
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = None
+        if self.sequential and closure is not None:
+            # One pass of Lightning's closure (training_step, zero_grad, backward, clipping,
+            # on_before_optimizer_step) per route, each followed by that route's step.
+            try:
+                for route in self.active:
+                    self.current = route
+                    with torch.enable_grad():
+                        loss = closure()
+                    self._step_route(route)
+            finally:
+                self.current = None
+            return loss
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for opt in self.optimizers.values():
-            opt.step()
+        for route in self.active:
+            self._step_route(route)
         return loss
+
+    def _step_route(self, route: Route) -> None:
+        self.optimizers[route].step()
+        self.steps_taken[route] += 1
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers.values():
@@ -126,20 +196,33 @@ class _RouteScheduler(LRScheduler):
     this proxy carries the composite as ``optimizer`` and delegates everything else.
     """
 
-    def __init__(self, scheduler: Any, composite: RoutedOptimizer) -> None:  # no super().__init__
-        self.scheduler, self.optimizer = scheduler, composite
+    def __init__(
+        self, scheduler: Any, composite: RoutedOptimizer, route: Route
+    ) -> None:  # no super().__init__
+        self.scheduler, self.optimizer, self.route = scheduler, composite, route
+        self._seen_steps = 0
 
     def step(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        # Lightning steps every scheduler at its interval; a route's scheduler follows only its
+        # own optimizer: it steps when that optimizer has stepped since its last step (each
+        # optimizer step with interval="step", each epoch in which the route stepped with
+        # interval="epoch").
+        taken = self.optimizer.steps_taken[self.route]
+        if taken == self._seen_steps:
+            return
+        self._seen_steps = taken
         self.scheduler.step(*args, **kwargs)
 
     def get_last_lr(self) -> list[float]:
         return self.scheduler.get_last_lr()
 
     def state_dict(self) -> dict[str, Any]:
-        return self.scheduler.state_dict()
+        return {**self.scheduler.state_dict(), "_route_steps_seen": self._seen_steps}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.scheduler.load_state_dict(state_dict)
+        state = dict(state_dict)
+        self._seen_steps = int(state.pop("_route_steps_seen", 0))
+        self.scheduler.load_state_dict(state)
 
 
 class _RoutePlateau(ReduceLROnPlateau):
@@ -162,6 +245,8 @@ def parse_route_map(config: Mapping[Any, Any], module: nn.Module) -> dict[str, A
     """
     optimizers: dict[Route, Optimizer] = {}
     schedulers: list[tuple[Route, Any]] = []
+    frequencies: dict[Route, int] = {}
+    clipping: dict[Route, tuple[float | None, str | None]] = {}
     for key, value in config.items():
         route = (key,) if isinstance(key, str) else tuple(key)
         if not route or not all(isinstance(t, str) and t for t in route):
@@ -181,7 +266,17 @@ def parse_route_map(config: Mapping[Any, Any], module: nn.Module) -> dict[str, A
                     f"{sorted(value)}); expected an optimizer or {{'optimizer': ..., "
                     "'lr_scheduler': ...}"
                 )
+            unknown = sorted(set(value) - ROUTE_KEYS)
+            if unknown:
+                raise ValueError(
+                    f"optimizer route {key!r} has unknown keys {unknown}; expected some of "
+                    f"{sorted(ROUTE_KEYS)}"
+                )
             optimizer, scheduler = value["optimizer"], value.get("lr_scheduler")
+            if "frequency" in value:
+                frequencies[route] = _frequency(key, value["frequency"])
+            if "gradient_clip_val" in value or "gradient_clip_algorithm" in value:
+                clipping[route] = _clipping(key, value)
         else:
             optimizer, scheduler = value, None
         if not isinstance(optimizer, Optimizer):
@@ -192,19 +287,60 @@ def parse_route_map(config: Mapping[Any, Any], module: nn.Module) -> dict[str, A
         optimizers[route] = optimizer
         if scheduler is not None:
             schedulers.append((route, scheduler))
+    if frequencies and len(frequencies) != len(optimizers):
+        missing = [route_name(r) for r in optimizers if r not in frequencies]
+        raise ValueError(
+            f"optimizer routes {missing} have no 'frequency' while "
+            f"{[route_name(r) for r in frequencies]} have one; expected a frequency on every "
+            "route (routes with a frequency take turns) or on none"
+        )
     check_ownership(optimizers, module)
-    composite = RoutedOptimizer(optimizers)
+    composite = RoutedOptimizer(optimizers, frequencies, clipping)
     configs = []
-    for _route, scheduler in schedulers:
+    for route, scheduler in schedulers:
         entry = dict(scheduler) if isinstance(scheduler, Mapping) else {"scheduler": scheduler}
         inner = entry["scheduler"]
         proxy = _RoutePlateau if isinstance(inner, ReduceLROnPlateau) else _RouteScheduler
-        entry["scheduler"] = proxy(inner, composite)
+        entry["scheduler"] = proxy(inner, composite, route)
         configs.append(entry)
     result: dict[str, Any] = {"optimizer": composite}
     if configs:
         result["lr_scheduler"] = configs if len(configs) > 1 else configs[0]
     return result
+
+
+#: What a route's optimizer dict may hold.
+ROUTE_KEYS = frozenset(
+    {"optimizer", "lr_scheduler", "frequency", "gradient_clip_val", "gradient_clip_algorithm"}
+)
+_CLIP_ALGORITHMS = ("norm", "value")
+
+
+def _frequency(key: Any, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"optimizer route {key!r} has frequency {value!r}; expected a positive int (the "
+            "number of consecutive optimizer steps of its turn)"
+        )
+    return value
+
+
+def _clipping(key: Any, value: Mapping[str, Any]) -> tuple[float | None, str | None]:
+    clip_val = value.get("gradient_clip_val")
+    algorithm = value.get("gradient_clip_algorithm")
+    if clip_val is not None and (
+        isinstance(clip_val, bool) or not isinstance(clip_val, (int, float)) or clip_val < 0
+    ):
+        raise ValueError(
+            f"optimizer route {key!r} has gradient_clip_val {clip_val!r}; expected a "
+            "non-negative number or None"
+        )
+    if algorithm is not None and algorithm not in _CLIP_ALGORITHMS:
+        raise ValueError(
+            f"optimizer route {key!r} has gradient_clip_algorithm {algorithm!r}; expected "
+            "'norm' or 'value'"
+        )
+    return (None if clip_val is None else float(clip_val)), algorithm
 
 
 def check_ownership(optimizers: Mapping[Route, Optimizer], module: nn.Module) -> None:
@@ -287,28 +423,56 @@ class Router:
             if self.members(route, terms):
                 self.matched.add(route)
 
-    def surrogate(self, terms: tuple[str, ...], weighted: Tensor) -> Tensor:
-        """A loss whose gradient w.r.t. each parameter is its route's gradient."""
+    @property
+    def alternating(self) -> bool:
+        """Whether routes take turns or run in sequence (not every route steps every pass)."""
+        return bool(self.optimizer.frequencies) or self.optimizer.sequential
+
+    def stepping(self) -> tuple[Route, ...]:
+        """The routes whose gradients this backward computes (all of them unless alternating)."""
+        composite = self.optimizer
+        if composite.current is not None:
+            return (composite.current,)
+        return composite.active
+
+    def surrogate(
+        self, terms: tuple[str, ...], weighted: Tensor, routes: tuple[Route, ...] | None = None
+    ) -> Tensor:
+        """A loss whose gradient w.r.t. each parameter of ``routes`` (default: all) is its
+        route's gradient; every other parameter gets a zero gradient."""
+        stepping = self.routes if routes is None else [r for r in self.routes if r in routes]
         pieces = []
-        for index, route in enumerate(self.routes):
+        computed: set[Route] = set()
+        for index, route in enumerate(stepping):
             members = self.members(route, terms)
             params = self.params[route]
             if not members or not params:
                 continue
+            computed.add(route)
             route_loss = weighted[members].sum()
-            grads = torch.autograd.grad(
-                route_loss, params, retain_graph=index < len(self.routes) - 1, allow_unused=True
-            )
+            # outside autocast, like the backward Lightning runs after training_step: a backward
+            # under autocast would recast ops and differ from it
+            with torch.autocast(route_loss.device.type, enabled=False):
+                grads = torch.autograd.grad(
+                    route_loss, params, retain_graph=index < len(stepping) - 1, allow_unused=True
+                )
             pieces += [
                 (p * g.detach()).sum() if g is not None else p.sum() * 0.0
                 for p, g in zip(params, grads)
             ]
-        # Parameters of routes without a term this step still join the backward (as zeros), so
-        # DDP's reducer hears from every parameter.
+        # Parameters of routes without a term this step (or not stepping now) still join the
+        # backward (as zeros), so DDP's reducer hears from every parameter.
         for route in self.routes:
-            if not self.members(route, terms):
+            if route not in computed:
                 pieces += [p.sum() * 0.0 for p in self.params[route]]
         return torch.stack(pieces).sum()
+
+    def owner(self, term: str) -> Route | None:
+        """The first route (in the order given) whose loss includes ``term``."""
+        for route in self.routes:
+            if route == (TOTAL,) or term in route:
+                return route
+        return None
 
     def unmatched(self) -> list[str]:
         return [route_name(r) for r in self.routes if r not in self.matched]
