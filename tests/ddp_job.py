@@ -115,6 +115,9 @@ class Recorder(Callback):
             "collectives": self.counts,
             "skipped_steps": getattr(pl_module, "skipped_steps", 0),
         }
+        extra = getattr(pl_module, "ddp_record", None)
+        if callable(extra):
+            record["extra"] = extra()
         if getattr(pl_module, "record_state", False):
             record["state"] = {k: v.tolist() for k, v in pl_module.state_dict().items()}
         self.out.mkdir(parents=True, exist_ok=True)
@@ -370,6 +373,39 @@ def scenario(name: str) -> tuple[L.LightningModule, dict[str, Any], dict[str, An
             "val_dataloaders": DataLoader(Scenes(16, 1), batch_size=4, collate_fn=collate),
         }
         return module, data, dict(max_epochs=2)
+    if name == "gan":
+        from gan import SequentialGAN
+        from lightning.pytorch.strategies import DDPStrategy
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        counted = {"allreduces": 0}
+
+        def counting_allreduce(state: Any, bucket: Any) -> Any:
+            counted["allreduces"] += 1  # one per gradient bucket per backward
+            return default_hooks.allreduce_hook(state, bucket)
+
+        # DDP checks the annotations themselves (not strings, as this file's future import has)
+        counting_allreduce.__annotations__ = {
+            "bucket": dist.GradBucket,
+            "return": torch.futures.Future[torch.Tensor],
+        }
+
+        class CountingGAN(SequentialGAN):
+            def on_train_start(self) -> None:
+                # (Lightning registers DDPStrategy(ddp_comm_hook=) on CUDA only)
+                self.trainer.strategy.model.register_comm_hook(None, counting_allreduce)
+
+        module = CountingGAN()
+        module.ddp_record = lambda: {"allreduces": counted["allreduces"]}
+        g = torch.Generator().manual_seed(5)
+        data = TensorDataset(
+            torch.randn(16, 2, generator=g), torch.randn(16, 2, generator=g), torch.rand(16, 1)
+        )
+        return (
+            module,
+            dict(train_dataloaders=DataLoader(data, batch_size=4)),
+            dict(max_epochs=2, strategy=DDPStrategy()),  # the default: no find_unused_parameters
+        )
     if name == "add_loss":
         return (
             AddsLosses(),
@@ -421,10 +457,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     module, fit_kwargs, trainer_kwargs = scenario(args.scenario)
+    strategy = trainer_kwargs.pop("strategy", args.strategy)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,
-        strategy=args.strategy,
+        strategy=strategy,
         num_nodes=1,
         logger=MemoryLogger(),
         callbacks=[Recorder(args.out)],

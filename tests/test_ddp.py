@@ -427,3 +427,43 @@ def test_detector_val_losses_and_metrics_under_ddp_equal_a_single_process_refere
     for rank in ranks:
         metrics = rank["callback_metrics"]
         assert {k: metrics[k] for k in expected} == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_sequential_gan_under_ddp_equals_a_single_process_replay(tmp_path):
+    # D steps, then G against the updated D, every batch, on 2 ranks, with DDP's default
+    # find_unused_parameters=False; the replay averages the two ranks' gradients by hand.
+    from gan import adam, gan_losses, networks
+
+    ranks = run_job("gan", tmp_path)
+    assert [r["exception"] for r in ranks] == [None, None]
+    assert ranks[0]["params"] == ranks[1]["params"]  # the replicas stay identical
+    assert ranks[0]["global_step"] == 4
+
+    g = torch.Generator().manual_seed(5)
+    real, z = torch.randn(16, 2, generator=g), torch.randn(16, 2, generator=g)
+    generator, critic = networks()
+    optimizers = {"d": adam(critic.parameters()), "g": adam(generator.parameters())}
+    samplers = [  # what Lightning gives each rank of a training loader: shuffled, seed 0
+        DistributedSampler(range(16), num_replicas=2, rank=r, shuffle=True, seed=0) for r in (0, 1)
+    ]
+    for epoch in range(2):
+        order = []
+        for sampler in samplers:
+            sampler.set_epoch(epoch)
+            order.append(list(sampler))
+        for start in (0, 4):
+            rank_batches = [
+                (real[idx[start : start + 4]], z[idx[start : start + 4]], None) for idx in order
+            ]
+            for player in ("d", "g"):
+                optimizers[player].zero_grad()
+                for batch in rank_batches:
+                    (gan_losses(generator, critic, batch)[player] / 2).backward()
+                optimizers[player].step()
+    expected = torch.cat(
+        [p.detach().flatten() for p in (*generator.parameters(), *critic.parameters())]
+    )
+    assert torch.allclose(torch.tensor(ranks[0]["params"]), expected, atol=1e-6)
+    # each route's gradient is synchronised once per route step: one bucket all-reduce per pass
+    for rank in ranks:
+        assert rank["extra"]["allreduces"] == 2 * 4
