@@ -13,8 +13,8 @@ when the signature accepts that; a batch the signature only accepts whole (``for
 batch)``) is passed whole. The rules, in order:
 
 * a mapping: ``model(**batch)`` if every key names a parameter of ``forward``; else
-  ``model(batch)`` if ``forward`` takes one argument; else ``model(**batch)`` if ``forward``
-  takes ``**kwargs``;
+  ``model(batch)`` if ``forward``'s first parameter is required and takes the batch alone;
+  else ``model(**batch)`` if ``forward`` takes ``**kwargs``; else ``model(batch)`` if it fits;
 * a tuple or list: ``model(batch)`` if ``forward``'s first parameter is named ``batch``; else
   ``model(*batch)`` if the signature accepts that many arguments; else ``model(batch)``;
 * anything else (a tensor): ``model(batch)``.
@@ -130,10 +130,12 @@ def decide(model: nn.Module, batch: Any) -> str:
         unpacked = keys_are_strings and _binds(signature, (), dict(batch))
         if unpacked and set(batch) <= keyword_names:
             return "keyword"
+        if whole and positional and positional[0].default is inspect.Parameter.empty:
+            return _PASS_WHOLE  # forward(self, batch): a required argument for the batch
+        if unpacked:
+            return "keyword"  # through **kwargs (a HuggingFace model and an extra key)
         if whole:
             return _PASS_WHOLE
-        if unpacked:
-            return "keyword"
     else:
         if whole and positional and positional[0].name == "batch":
             return _PASS_WHOLE

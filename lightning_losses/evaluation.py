@@ -55,7 +55,8 @@ def check_eval_losses(value: Any) -> None:
 @contextlib.contextmanager
 def training_mode_losses(module: nn.Module) -> Iterator[None]:
     """``module`` in training mode for its own branching, but with normalisation, dropout and
-    attention layers in eval mode and torch's random state restored on exit.
+    attention layers in eval mode, functional dropout off, and torch's random state restored on
+    exit.
 
     The modes are restored module by module (``nn.Module.train(flag)`` would recurse and lose
     a submodule the user froze in eval mode on purpose).
@@ -63,7 +64,7 @@ def training_mode_losses(module: nn.Module) -> Iterator[None]:
     modes = [(m, m.training) for m in module.modules()]
     devices = sorted({p.device.index or 0 for p in module.parameters() if p.device.type == "cuda"})
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), _functional_dropout_off():
             for submodule, _ in modes:
                 submodule.training = not isinstance(submodule, _MODE_DEPENDENT)
             yield
@@ -72,9 +73,57 @@ def training_mode_losses(module: nn.Module) -> Iterator[None]:
             submodule.training = training
 
 
+#: ``torch.nn.functional`` dropouts, called as ``F.dropout(x, p, training=self.training)`` by
+#: models without ``nn.Dropout`` modules (HuggingFace's attention and MLP blocks).
+_FUNCTIONAL_DROPOUTS = (
+    "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+)
+
+
+@contextlib.contextmanager
+def _functional_dropout_off() -> Iterator[None]:
+    """Functional dropout, and ``scaled_dot_product_attention``'s ``dropout_p``, off for the pass.
+
+    Such dropout reads the module's ``training`` flag, which the training-mode pass must set; no
+    module attribute turns it off, so the functions themselves are replaced for the duration
+    (PyTorch has no switch for this; the originals are put back on exit, also on error).
+    """
+    functional = torch.nn.functional
+    originals = {name: getattr(functional, name) for name in _FUNCTIONAL_DROPOUTS}
+    attention = functional.scaled_dot_product_attention
+
+    def identity(input: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return input  # what every dropout returns with training=False
+
+    def attention_without_dropout(*args: Any, **kwargs: Any) -> Tensor:
+        if len(args) > 4:  # (query, key, value, attn_mask, dropout_p, ...)
+            args = (*args[:4], 0.0, *args[5:])
+        if "dropout_p" in kwargs:
+            kwargs["dropout_p"] = 0.0
+        return attention(*args, **kwargs)
+
+    try:
+        for name in originals:
+            setattr(functional, name, identity)
+        functional.scaled_dot_product_attention = attention_without_dropout
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(functional, name, original)
+        functional.scaled_dot_product_attention = attention
+
+
 def default_metric_inputs(predictions: Any, batch: Any) -> tuple[Any, Any]:
     """``(predictions, targets)`` for ``metric.update``: the targets are the batch's last element
-    (``(images, targets)``, ``(x, y)``) or its ``"labels"`` entry (HuggingFace batches)."""
+    (``(images, targets)``, ``(x, y)``) or its ``"labels"`` entry (HuggingFace batches); a
+    HuggingFace output's predictions are its ``logits``."""
+    if isinstance(predictions, Mapping) and "logits" in predictions:
+        predictions = predictions["logits"]
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return predictions, batch[-1]
     if isinstance(batch, Mapping) and "labels" in batch:
@@ -143,7 +192,23 @@ class EvalMetrics:
                 f"metric_inputs returned {describe(inputs)}; expected a tuple of the arguments "
                 "of metric.update, such as (preds, target)"
             )
-        collection.update(*inputs)
+        try:
+            collection.update(*inputs)
+        except Exception as error:
+            add_note = getattr(error, "add_note", None)  # Python >= 3.11
+            if add_note is not None:
+                shown = ", ".join(describe_batch(value, depth=1) for value in inputs)
+                how = (
+                    "the default metric_inputs (predictions, batch[-1] or batch['labels'])"
+                    if self.inputs is default_metric_inputs
+                    else "your metric_inputs"
+                )
+                add_note(
+                    f"lightning_losses: metrics.update was called with ({shown}) from {how}; "
+                    "pass metric_inputs=(predictions, batch) -> (preds, target) to give the "
+                    "metric what it expects"
+                )
+            raise
 
     def compute(self, stage: str) -> dict[int, dict[str, float]]:
         """Each loader's metric values as ``{"<stage>/<name>": float}``; the copies are dropped.

@@ -302,7 +302,9 @@ class LossDictModule(pl.LightningModule):
             metrics.update(stage, dataloader_idx, output, batch)
         if self.eval_losses is None:
             return None
-        if isinstance(output, (list, tuple)):
+        if isinstance(output, (list, tuple)) or (
+            isinstance(output, Tensor) and not (output.dim() == 0 and output.is_floating_point())
+        ):
             raise TypeError(
                 f"{stage}: forward returned {describe_batch(output, depth=1)} in eval mode, "
                 "not losses: the model predicts in eval mode. Expected eval_losses="

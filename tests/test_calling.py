@@ -59,6 +59,7 @@ def f_dict_param(self, batch, extra=None): ...
         (f_images_targets, ([x, x], [{}, {}]), "positional"),  # torchvision detectors
         (f_inputs, (x, y), "batch"),  # one parameter, two items: only whole fits
         (f_hf, {"input_ids": x, "labels": y}, "keyword"),  # HuggingFace
+        (f_hf, {"input_ids": x, "labels": y, "idx": y}, "keyword"),  # an extra key: **kwargs
         (f_kwargs_only, {"input_ids": x}, "keyword"),
         (f_var_kwargs, {"a": x, "b": y}, "keyword"),
         (f_batch, {"x": x, "y": y}, "batch"),  # keys are not parameters: whole

@@ -248,3 +248,61 @@ def test_a_checkpoint_of_a_module_with_metrics_loads_without_them_and_says_so(tm
     assert returned["val/map_50"] == pytest.approx(reference_ap(again.model, Scenes(8, 1)))
     for name, value in module.state_dict().items():
         assert torch.equal(again.state_dict()[name], value), name
+
+
+class FunctionalDropout(nn.Module):
+    """Dropout the HuggingFace way: F.dropout(training=self.training) and SDPA's dropout_p,
+    no nn.Dropout module; losses in training mode only."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Linear(4, 4)
+
+    def forward(self, x, y):
+        h = torch.nn.functional.dropout(self.net(x), p=0.5, training=self.training)
+        q = h.unsqueeze(1)
+        h = torch.nn.functional.scaled_dot_product_attention(
+            q, q, q, dropout_p=0.5 if self.training else 0.0
+        ).squeeze(1)
+        if self.training:
+            return {"mse": torch.nn.functional.mse_loss(h, y)}
+        return h
+
+
+def test_train_forward_turns_functional_dropout_off():
+    x, y = torch.randn(8, 4), torch.randn(8, 4)
+    data = DataLoader(list(zip(x, y)), batch_size=4)
+    module = LossDictModule(FunctionalDropout(), eval_losses="train_forward")
+    first = make_trainer().validate(module, data, verbose=False)[0]["val/mse"]
+    second = make_trainer().validate(module, data, verbose=False)[0]["val/mse"]
+    with torch.no_grad():
+        q = module.model.net(x).unsqueeze(1)
+        expected = torch.nn.functional.mse_loss(
+            torch.nn.functional.scaled_dot_product_attention(q, q, q).squeeze(1), y
+        )
+    assert first == second == pytest.approx(float(expected), rel=1e-6)
+    # and the functions are themselves again afterwards
+    assert torch.nn.functional.dropout(torch.ones(1000), p=0.5).eq(0).any()
+
+
+def test_a_model_that_predicts_a_tensor_in_eval_mode_is_told_which_option_to_pass():
+    x, y = torch.randn(8, 4), torch.randn(8, 4)
+    module = LossDictModule(FunctionalDropout())
+    with pytest.raises(
+        TypeError,
+        match=r"val: forward returned Tensor\[4, 4\] float32 in eval "
+        r"mode, not losses.*eval_losses='train_forward'",
+    ):
+        make_trainer().validate(module, DataLoader(list(zip(x, y)), batch_size=4), verbose=False)
+
+
+def test_a_metric_that_cannot_take_its_inputs_gets_a_note_naming_metric_inputs():
+    from torchmetrics.classification import MulticlassAccuracy
+
+    module = detector(metrics={"acc": MulticlassAccuracy(3)})
+    with pytest.raises(Exception) as error:
+        make_trainer().validate(module, loader(Scenes(4, 1)), verbose=False)
+    (note,) = [n for n in getattr(error.value, "__notes__", []) if "lightning_losses" in n]
+    assert "metrics.update was called with (a list of 4, a tuple of 4)" in note
+    assert "default metric_inputs" in note and "pass metric_inputs=" in note

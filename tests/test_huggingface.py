@@ -87,6 +87,19 @@ def test_a_sequence_classifier_trains_from_its_own_batches_exactly_as_a_plain_lo
     assert not any(name.startswith("train/logits") for _, row in logger.rows for name in row)
 
 
+def test_metrics_of_a_huggingface_classifier_read_its_logits_and_labels():
+    from torchmetrics.classification import MulticlassAccuracy
+
+    model, batches = tiny_bert(), token_batches()
+    module = LossDictModule(model, metrics={"acc": MulticlassAccuracy(3, average="micro")})
+    (result,) = make_trainer().validate(module, DataLoader(batches, batch_size=None), verbose=False)
+    model.eval()
+    with torch.no_grad():
+        hits = [(model(**b).logits.argmax(-1) == b["labels"]).float() for b in batches]
+    assert result["val/acc"] == pytest.approx(float(torch.cat(hits).mean()))
+    assert result["val/loss"] > 0
+
+
 # ---------------------------------------------------------------- MoE: loss includes aux_loss
 
 COEF = 0.02
