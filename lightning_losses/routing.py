@@ -383,6 +383,34 @@ def reached_parameters(output: Tensor) -> set[int]:
     return leaves
 
 
+class _InjectGradients(torch.autograd.Function):
+    """A zero whose backward hands each parameter a precomputed gradient (zeros for ``None``).
+
+    What Lightning backpropagates when the gradients were computed with ``autograd.grad``: one
+    graph node instead of a multiply and a sum per parameter, and a real backward through every
+    parameter (DDP's hooks fire on it, clipping and the AMP scaler see its result). The incoming
+    gradient scales them: ``1/accumulate_grad_batches`` under accumulation, the loss scale under
+    a GradScaler, exactly 1 otherwise.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, grads: list[Tensor | None], *params: Tensor) -> Tensor:
+        ctx.grads = grads
+        ctx.shapes = [(p.shape, p.dtype, p.device) for p in params]
+        return params[0].new_zeros(())
+
+    @staticmethod
+    def backward(ctx: Any, scale: Tensor) -> tuple[Any, ...]:
+        out = []
+        for grad, (shape, dtype, device) in zip(ctx.grads, ctx.shapes):
+            if grad is None:
+                out.append(torch.zeros(shape, dtype=dtype, device=device))
+            else:
+                out.append(grad * scale.to(grad.dtype))
+        ctx.grads = None
+        return (None, *out)
+
+
 class Router:
     """Routes one step's weighted terms to the route optimizers' parameters."""
 
@@ -441,31 +469,31 @@ class Router:
         """A loss whose gradient w.r.t. each parameter of ``routes`` (default: all) is its
         route's gradient; every other parameter gets a zero gradient."""
         stepping = self.routes if routes is None else [r for r in self.routes if r in routes]
-        pieces = []
-        computed: set[Route] = set()
+        params: list[Tensor] = []
+        grads: list[Tensor | None] = []
         for index, route in enumerate(stepping):
             members = self.members(route, terms)
-            params = self.params[route]
-            if not members or not params:
+            owned = self.params[route]
+            if not members or not owned:
                 continue
-            computed.add(route)
             route_loss = weighted[members].sum()
             # outside autocast, like the backward Lightning runs after training_step: a backward
             # under autocast would recast ops and differ from it
             with torch.autocast(route_loss.device.type, enabled=False):
-                grads = torch.autograd.grad(
-                    route_loss, params, retain_graph=index < len(stepping) - 1, allow_unused=True
+                found = torch.autograd.grad(
+                    route_loss, owned, retain_graph=index < len(stepping) - 1, allow_unused=True
                 )
-            pieces += [
-                (p * g.detach()).sum() if g is not None else p.sum() * 0.0
-                for p, g in zip(params, grads)
-            ]
+            params += owned
+            grads += [None if g is None else g.detach() for g in found]
         # Parameters of routes without a term this step (or not stepping now) still join the
-        # backward (as zeros), so DDP's reducer hears from every parameter.
+        # backward (with zero gradients), so DDP's reducer hears from every parameter.
+        given = {id(p) for p in params}
         for route in self.routes:
-            if route not in computed:
-                pieces += [p.sum() * 0.0 for p in self.params[route]]
-        return torch.stack(pieces).sum()
+            for param in self.params[route]:
+                if id(param) not in given:
+                    params.append(param)
+                    grads.append(None)
+        return _InjectGradients.apply(grads, *params)
 
     def owner(self, term: str) -> Route | None:
         """The first route (in the order given) whose loss includes ``term``."""

@@ -286,3 +286,29 @@ def test_a_weighting_cannot_take_turns():
     module = WGANGP(weighting=frozen)
     with pytest.raises(ValueError, match=r"weighting= combines every term .* take turns"):
         make_trainer(max_steps=1).fit(module, loader(batches(1)))
+
+
+def test_lightnings_ema_callback_averages_the_alternating_parameters():
+    # EMAWeightAveraging (Lightning's own) updates after every optimizer step and hands the
+    # module its averages at the end of fit; the reference applies the same EMA to the plain
+    # loop's parameters after each of its steps.
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    data = batches(6)
+    module = WGANGP(n_critic=2)
+    make_trainer(callbacks=[EMAWeightAveraging(decay=0.5)]).fit(module, loader(data))
+
+    snapshots = []
+    for steps in range(1, 7):
+        generator, critic, _ = plain_alternating(
+            n_critic_schedule(2), [[b] for b in data[:steps]], wgan_player_losses()
+        )
+        snapshots.append([p.detach() for p in (*generator.parameters(), *critic.parameters())])
+    average = snapshots[0]
+    for snapshot in snapshots[1:]:
+        average = [0.5 * a + 0.5 * p for a, p in zip(average, snapshot)]
+    ours = [*module.generator.parameters(), *module.critic.parameters()]
+    for a, b in zip(ours, average):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    # and it is not the last step's parameters
+    assert not all(torch.equal(a, b) for a, b in zip(ours, snapshots[-1]))
