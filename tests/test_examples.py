@@ -107,3 +107,11 @@ def test_weighting_comparison_prints_a_row_per_strategy(tmp_path):
     for row in rows:
         cells = [float(c) for c in row.split("|")[2:-1]]
         assert len(cells) == 4 and all(math.isfinite(c) and c > 0 for c in cells), row
+
+
+def test_gan_example_trains_both_ways_and_draws_its_samples(tmp_path):
+    out = run("gan.py", "--wgan", "--epochs", "1", cwd=tmp_path)
+    assert "global_step=100 (batches)" in out
+    metrics = final_metrics(out)
+    assert {"train/critic", "train/gradient_penalty", "train/generator"} <= set(metrics)
+    assert (tmp_path / "runs" / "gan" / "samples.png").stat().st_size > 10_000
