@@ -54,3 +54,38 @@ def test_steps_that_write_nothing_never_synchronise(options):
     )
     assert model.strict_steps >= 9
     assert [step for step, _ in logger.series("train/loss")] == [4, 9, 11]
+
+
+def test_wgan_turns_under_16_mixed_equal_a_plain_loop_with_one_grad_scaler():
+    # One GradScaler for the route optimizers (Lightning's), unscaled before the critic's own
+    # clipping; the reference steps the active player's optimizer through the same scaler.
+    import copy
+
+    from gan import WGANGP, adam, batches, networks, wgan_player_losses
+    from torch.utils.data import DataLoader
+
+    data = [tuple(t.cuda() for t in b) for b in batches(12)]
+    module = WGANGP(n_critic=2, critic_route={"gradient_clip_val": 0.5})
+    make_trainer(accelerator="gpu", precision="16-mixed").fit(
+        module, DataLoader(data, batch_size=None)
+    )
+
+    generator, critic = (copy.deepcopy(n).cuda() for n in networks())
+    optimizers = {"d": adam(critic.parameters()), "g": adam(generator.parameters())}
+    scaler = torch.amp.GradScaler("cuda")
+    losses = wgan_player_losses()
+    for k, batch in enumerate(data):
+        player = "d" if k % 3 < 2 else "g"
+        for optimizer in optimizers.values():
+            optimizer.zero_grad()
+        with torch.autocast("cuda", dtype=torch.float16, cache_enabled=False):
+            loss = losses[player](generator, critic, batch)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizers[player])
+        if player == "d":
+            torch.nn.utils.clip_grad_norm_(critic.parameters(), 0.5)
+        scaler.step(optimizers[player])
+        scaler.update()
+    ours = [*module.generator.parameters(), *module.critic.parameters()]
+    for a, b in zip(ours, [*generator.parameters(), *critic.parameters()]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
