@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -32,7 +33,10 @@ def writes_step_metrics(trainer: pl.Trainer) -> bool:
 
 
 def publish_step_metrics(
-    trainer: pl.Trainer, metrics: Mapping[str, float], progress_bar: Collection[str] = ()
+    trainer: pl.Trainer,
+    metrics: Mapping[str, float],
+    progress_bar: Collection[str] = (),
+    to_callbacks: bool = True,
 ) -> None:
     """Write already-reduced step values to every logger, to callbacks and to the progress bar.
 
@@ -48,7 +52,8 @@ def publish_step_metrics(
     connector.log_metrics(tensors)
     # callback_metrics feed ModelCheckpoint / EarlyStopping monitors; the property returns the
     # connector's own dict, so updating it is what self.log would have done.
-    trainer.callback_metrics.update(tensors)
+    if to_callbacks:
+        trainer.callback_metrics.update(tensors)
     connector._progress_bar_metrics.update(
         {name: value for name, value in metrics.items() if name in progress_bar}
     )
@@ -131,3 +136,22 @@ def publish_eval_metrics(trainer: pl.Trainer, per_loader: list[Mapping[str, floa
         outputs[index].update(tensors)
         trainer.callback_metrics.update(tensors)
         connector._logged_metrics.update(tensors)
+
+
+_UNUSED_VALIDATION_STEP = r"You defined a `validation_step` but have no `val_dataloader`"
+
+
+def quiet_unused_validation_step() -> Any:
+    """Silence Lightning's "validation_step but no val_dataloader" warning until ``unquiet``;
+    returns the filter entry added (Lightning issues it from its loop checks, between attaching
+    the trainer and ``setup``)."""
+    warnings.filterwarnings("ignore", message=_UNUSED_VALIDATION_STEP)
+    return warnings.filters[0]
+
+
+def unquiet(entry: Any) -> None:
+    if entry is not None and entry in warnings.filters:
+        warnings.filters.remove(entry)
+        mutated = getattr(warnings, "_filters_mutated", None)  # what filterwarnings calls
+        if mutated is not None:
+            mutated()

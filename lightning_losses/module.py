@@ -230,6 +230,7 @@ class LossDictModule(pl.LightningModule):
         self._summarized: set[str] = set()
         self._router: routing.Router | None = None
         self._checked_alternation = False
+        self._epoch_just_ended = False
         self._restored_route_steps: dict[str, int] | None = None
         self._default_prog_bar = tuple(prog_bar) == (TOTAL,)
         #: route_mode="sequential": each name's value from the pass that logs it (see _pend).
@@ -254,6 +255,23 @@ class LossDictModule(pl.LightningModule):
 
             configure_optimizers._routes_translated = True  # type: ignore[attr-defined]
             cls.configure_optimizers = configure_optimizers  # type: ignore[method-assign]
+
+    @property
+    def trainer(self) -> pl.Trainer:
+        return pl.LightningModule.trainer.fget(self)  # type: ignore[attr-defined]
+
+    @trainer.setter
+    def trainer(self, trainer: pl.Trainer | None) -> None:
+        pl.LightningModule.trainer.fset(self, trainer)  # type: ignore[attr-defined]
+        if trainer is not None and getattr(self, "_quiet", None) is None:
+            # Lightning attaches the trainer just before it checks the loops: this module
+            # provides validation_step for those who validate, and a fit without a val loader
+            # should not be told "You defined a validation_step" (removed again in setup()).
+            self._quiet = _lightning.quiet_unused_validation_step()
+
+    def setup(self, stage: str) -> None:
+        _lightning.unquiet(getattr(self, "_quiet", None))
+        self._quiet = None
 
     # ------------------------------------------------------------------ forward and steps
 
@@ -741,14 +759,14 @@ class LossDictModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ writing
 
-    def _write_window(self) -> None:
+    def _write_window(self, to_callbacks: bool = True) -> None:
         reduced = self._log.write(self.device)
         self._raise_if_nonfinite(reduced)
         metrics = reduced.means
         if self.nonfinite == "skip":
             metrics[f"train/{SKIPPED_STEPS}"] = float(self.skipped_steps)
         self._define_summaries(metrics)
-        _lightning.publish_step_metrics(self.trainer, metrics, self._prog_bar)
+        _lightning.publish_step_metrics(self.trainer, metrics, self._prog_bar, to_callbacks)
 
     def _define_summaries(self, metrics: Mapping[str, float]) -> None:
         """Give loss names their ``min`` summary in W&B, once each, before their first write."""
@@ -805,6 +823,16 @@ class LossDictModule(pl.LightningModule):
             for name, value in reduced.means.items()
             if name.startswith("train/")
         }
+        self._epoch_just_ended = True
+        # As Lightning's own on_step + on_epoch logging does: after the epoch, the plain name
+        # holds the epoch mean for monitors (which run after this hook), not the last window.
+        self.trainer.callback_metrics.update(
+            {
+                name: torch.tensor(value, dtype=torch.float64)
+                for name, value in reduced.means.items()
+                if name.startswith("train/")
+            }
+        )
         self._define_summaries(epoch_means)
         # self.log (not a direct logger write) so that these land in Lightning's own epoch-end
         # row and callbacks can monitor them. The values are already means over all ranks:
@@ -836,6 +864,7 @@ class LossDictModule(pl.LightningModule):
                     )
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._epoch_just_ended = False
         context.open_step(self, fresh=True)
         self._begin_routed_batch()
 
@@ -864,7 +893,9 @@ class LossDictModule(pl.LightningModule):
         # Training stopped (max_epochs, max_steps, a callback's should_stop, a Timer): the steps
         # since the last write are still to be written.
         if self._log.window_open:
-            self._write_window()
+            # after an epoch's end the monitors keep its means (see on_train_epoch_end); a run
+            # stopped mid-epoch has none, and the last window is what it has
+            self._write_window(to_callbacks=not self._epoch_just_ended)
 
     def on_validation_start(self) -> None:
         # validate(): a call of its own; a validation inside fit belongs to the fit's session
