@@ -4,7 +4,7 @@ Every ``N`` steps, the gradient of each loss term with respect to the *shared* p
 default every trainable parameter that two or more terms reach) is computed with
 ``torch.autograd.grad``, and two things are logged: each term's gradient norm
 (``grad_norm/<term>``) and the cosine between each pair of terms' gradients
-(``grad_cos/<a>|<b>``: near -1 the tasks pull the shared parameters in opposite directions).
+(``grad_cos/<a>_vs_<b>``: near -1 the tasks pull the shared parameters in opposite directions).
 
 ``autograd.grad`` neither writes ``.grad`` nor fires DDP's gradient hooks, so the step that follows
 is exactly the step that would have run without diagnostics; only the steps where diagnostics run
@@ -26,7 +26,9 @@ from lightning_losses.terms import describe
 
 NORM_PREFIX = "grad_norm"
 COSINE_PREFIX = "grad_cos"
-PAIR_SEPARATOR = "|"
+#: Between the two terms of a pair: characters every Lightning logger keeps (MLflow drops "|",
+#: TensorBoard replaces spaces), so ``a|bc`` and ``ab|c`` cannot collide after a logger's cleanup.
+PAIR_SEPARATOR = "_vs_"
 
 
 def diagnostic_names(terms: Sequence[str]) -> tuple[str, ...]:
@@ -37,6 +39,12 @@ def diagnostic_names(terms: Sequence[str]) -> tuple[str, ...]:
         for i, a in enumerate(terms)
         for b in terms[i + 1 :]
     ]
+    if len(set(pairs)) < len(pairs):
+        clashing = sorted({name for name in pairs if pairs.count(name) > 1})
+        raise ValueError(
+            f"gradient diagnostics: the term names {list(terms)} give two pairs the same name "
+            f"({', '.join(map(repr, clashing))}); expected names without {PAIR_SEPARATOR!r}"
+        )
     return tuple(norms + pairs)
 
 

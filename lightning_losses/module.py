@@ -35,6 +35,7 @@ from lightning_losses.batches import batch_size
 from lightning_losses.calling import Call, ModelCall, describe_batch
 from lightning_losses.diagnostics import GradientDiagnostics, diagnostic_names, gradient_statistics
 from lightning_losses.log import EPOCH_SUFFIX, SKIPPED_STEPS, LossLog
+from lightning_losses.names import NameCheck
 from lightning_losses.plan import StepPlan
 from lightning_losses.shared import SharedParameters
 from lightning_losses.terms import (
@@ -98,7 +99,7 @@ class LossDictModule(pl.LightningModule):
         prog_bar: names (without ``train/``) shown in the progress bar at each write.
         grad_diagnostics_every_n_steps: log each term's gradient norm on the shared parameters
             (``grad_norm/<term>``) and the cosine between every two terms' gradients
-            (``grad_cos/<a>|<b>``) every this many steps; ``None`` (default) never.
+            (``grad_cos/<a>_vs_<b>``) every this many steps; ``None`` (default) never.
         shared_parameters: qualified-name prefixes (``"trunk"``, ``["backbone", "neck"]``) of the
             parameters that gradient diagnostics and ``aggregator`` look at; default: every
             trainable parameter that two or more terms reach.
@@ -221,6 +222,7 @@ class LossDictModule(pl.LightningModule):
         self._undiagnosable: set[tuple[str, ...]] = set()  # key sets warned about
         #: Registry, windows, epoch and evaluation means, plans: see log.py.
         self._log = LossLog()
+        self._names = NameCheck()
         self._warned_untrained: set[str] = set()
         #: Route names of the checkpoint being resumed (None: one optimizer), see on_fit_start.
         self._restored_routes: list[str] | bool | None = False
@@ -630,6 +632,11 @@ class LossDictModule(pl.LightningModule):
             logged = tuple(range(len(terms)))
         else:
             logged = weight_plan.logged
+        if self._trainer_attached():  # a key set new to this run: names MLflow would change
+            self._names.check(
+                (f"{stage}/{name}" for name in (*terms, *tensor_metrics, *number_metrics)),
+                self.trainer.loggers,
+            )
         return self._log.plan(
             key, stage, loader, terms, tensor_metrics, number_metrics, weight_plan, logged
         )

@@ -2,9 +2,10 @@
 
 W&B groups charts into sections by the prefix before the first ``/`` (``train/``, ``val/``,
 ``weight/``, ``grad_norm/``), which our names already give. By default a run's summary holds each
-metric's *last* value; for a loss the number worth comparing across runs is its minimum, so every
-loss name (terms and totals, step and epoch) gets ``define_metric(name, summary="min")`` once,
-before its first value is written. ``wandb`` is never imported here: a ``WandbLogger`` among the
+metric's *last* value, which the runs table, scripts (``run.summary[name]``) and sweeps read; for a
+loss the minimum is worth comparing too, so every loss name (terms and totals, step and epoch) gets
+``define_metric(name, summary="last,min")`` once, before its first value is written: the last value
+stays where readers expect it, and the best is kept beside it. ``wandb`` is never imported here: a ``WandbLogger`` among the
 trainer's loggers already holds the run.
 """
 
@@ -20,7 +21,7 @@ WANDB_STEP = "trainer/global_step"
 
 
 def define_min_summaries(trainer: pl.Trainer, names: Iterable[str]) -> None:
-    """``define_metric(name, summary="min")`` on every attached W&B run (rank zero only)."""
+    """``define_metric(name, summary="last,min")`` on every attached W&B run (rank zero only)."""
     names = list(names)
     if not names or not trainer.is_global_zero:
         return
@@ -33,4 +34,4 @@ def define_min_summaries(trainer: pl.Trainer, names: Iterable[str]) -> None:
         prefix = f"{logger._prefix}{logger.LOGGER_JOIN_CHAR}" if logger._prefix else ""
         for name in names:
             # step_metric again: an explicit definition replaces the "*" glob's for this name
-            define(f"{prefix}{name}", step_metric=WANDB_STEP, step_sync=True, summary="min")
+            define(f"{prefix}{name}", step_metric=WANDB_STEP, step_sync=True, summary="last,min")

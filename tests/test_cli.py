@@ -39,7 +39,7 @@ def test_example_config_fits_and_its_checkpoint_loads_without_arguments(tmp_path
     assert type(trainer.lr_scheduler_configs[0].scheduler).__name__ == "StepLR"
     assert module._weights.resolve("depth") == 0.25 and module.nonfinite == "skip"
     assert module._select("seg") and not module._select("acc")
-    assert {"grad_norm/seg", "grad_cos/seg|depth"} <= set(trainer.callback_metrics)
+    assert {"grad_norm/seg", "grad_cos/seg_vs_depth"} <= set(trainer.callback_metrics)
     assert module.weighting.terms == ("seg", "depth")
     assert "weight/seg" in trainer.callback_metrics
 

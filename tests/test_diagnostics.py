@@ -27,9 +27,9 @@ def test_names_cover_every_term_and_every_pair_once():
         "grad_norm/seg",
         "grad_norm/depth",
         "grad_norm/rpn/cls",
-        "grad_cos/seg|depth",
-        "grad_cos/seg|rpn/cls",
-        "grad_cos/depth|rpn/cls",
+        "grad_cos/seg_vs_depth",
+        "grad_cos/seg_vs_rpn/cls",
+        "grad_cos/depth_vs_rpn/cls",
     )
 
 
@@ -53,7 +53,7 @@ def test_logged_values_equal_a_hand_computation_on_the_trunk_and_training_is_unc
     make_trainer(logger, max_steps=8, log_every_n_steps=4).fit(diagnosed, data)
     make_trainer(None, max_steps=8, log_every_n_steps=4).fit(reference, data)
 
-    names = ["grad_norm/seg", "grad_norm/depth", "grad_cos/seg|depth"]
+    names = ["grad_norm/seg", "grad_norm/depth", "grad_cos/seg_vs_depth"]
     # steps 0 and 4 are diagnosed; the writes after steps 3 and 7 carry one each
     first = [dict(logger.series(n))[3] for n in names]
     assert first == pytest.approx(expected, rel=1e-6)

@@ -30,7 +30,7 @@ DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
 
 MARKER = re.compile(r"^<!--\s*snippet:\s*(?P<kind>[\w-]+)\s*-->\s*$")
-FENCE = re.compile(r"^(?P<fence>`{3,})\s*(?P<lang>[\w+-]*)")
+FENCE = re.compile(r"^\s*(?P<fence>`{3,})\s*(?P<lang>[\w+-]*)")
 KINDS = {"fragment", "continue"}
 
 
@@ -73,7 +73,7 @@ def python_snippets(page: Path) -> list[Snippet]:
             continue
         fence, lang = opened["fence"], opened["lang"]
         end = i + 1
-        while end < len(lines) and not lines[end].startswith(fence):
+        while end < len(lines) and not lines[end].strip().startswith(fence):
             end += 1
         if lang == "python":
             previous = next((ln for ln in reversed(lines[:i]) if ln.strip()), "")
@@ -129,8 +129,12 @@ def test_snippet_runs(chain, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     namespace = {"__name__": "__main__", "__file__": str(DOCS / chain.snippets[0].page)}
-    for snippet in chain.snippets:
-        exec(snippet.compiled(), namespace)
+    try:
+        for snippet in chain.snippets:
+            exec(snippet.compiled(), namespace)
+    finally:
+        if "wandb" in sys.modules:  # stop the service process a W&B snippet started
+            sys.modules["wandb"].teardown()
 
 
 @pytest.mark.parametrize("snippet", FRAGMENTS, ids=lambda s: s.where)

@@ -95,7 +95,7 @@ def test_main_example_writes_per_loss_logs_and_curves(tmp_path):
     drawn = panels(read_run(run_dir))
     assert list(drawn)[:4] == ["loss", "acc", "depth", "seg"]
     assert set(drawn["seg"]) == {"train", "train (epoch)", "val"}
-    assert set(drawn["gradient cosine per pair"]) == {"seg|depth"}
+    assert set(drawn["gradient cosine per pair"]) == {"seg_vs_depth"}
     assert set(drawn["weights"]) == {"depth"}
 
 

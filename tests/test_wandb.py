@@ -45,11 +45,13 @@ def test_every_term_reaches_the_offline_run_with_the_same_values(tmp_path, monke
     for key in expected:
         assert logged[key] == [(s, pytest.approx(v, rel=1e-6)) for s, v in expected[key]], key
 
-    # losses (terms and totals, step and epoch) get a min summary on the trainer's step axis;
-    # metrics and weights keep W&B's default (last value)
+    # losses (terms and totals, step and epoch) keep their last value as the summary and get
+    # their minimum beside it, on the trainer's step axis; metrics and weights keep W&B's
+    # default (last value only)
     definitions = metric_definitions(run_file)
     losses = {k for k in expected if k.split("/")[0] in ("train", "val")}
     assert losses == {k for k, d in definitions.items() if d.summary.min}
+    assert losses == {k for k, d in definitions.items() if d.summary.last}
     for name in losses:
         assert definitions[name].step_metric == "trainer/global_step", name
     assert "weight/depth" not in definitions

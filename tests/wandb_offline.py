@@ -111,3 +111,14 @@ def metric_definitions(path: str | Path) -> dict[str, Any]:
         for record in records(path)
         if record.WhichOneof("record_type") == "metric"
     }
+
+
+def summary(path: str | Path) -> dict[str, Any]:
+    """The run's final summary, as the runs table and ``run.summary`` read it."""
+    final: dict[str, Any] = {}
+    for record in records(path):
+        if record.WhichOneof("record_type") == "summary":
+            for item in record.summary.update:
+                key = item.key or "/".join(item.nested_key)
+                final[key] = json.loads(item.value_json)
+    return final
