@@ -988,9 +988,10 @@ class LossDictModule(pl.LightningModule):
             # The route's own setting replaces the Trainer's. Straight to the precision plugin:
             # LightningModule.clip_gradients refuses a value that differs from the Trainer's.
             own_val, own_algorithm = composite.clipping[route]
+            clip_val = gradient_clip_val if own_val is None else own_val  # 0: no clipping
             algorithm = own_algorithm or gradient_clip_algorithm or "norm"
             self.trainer.precision_plugin.clip_gradients(
-                inner, own_val or 0.0, gradient_clip_algorithm=GradClipAlgorithmType(algorithm)
+                inner, clip_val or 0.0, gradient_clip_algorithm=GradClipAlgorithmType(algorithm)
             )
 
     def configure_optimizers(self) -> Any:

@@ -7,9 +7,11 @@ Needs matplotlib (the ``plot`` extra); importing this module without it raises `
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -17,6 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 Series = dict[str, list[tuple[int, float]]]
+#: Written beside a run's logs by LossDictModule: which names are loss terms, totals, metrics.
+KINDS_FILE = "lightning_losses_kinds.json"
 STAGES = ("train", "val", "test")
 #: Prefixes whose names share one panel (a curve per term), in the order they are drawn, last.
 SHARED_PANELS = {
@@ -61,37 +65,137 @@ def read_run(log_dir: str | Path) -> Series:
     return read_csv_run(log_dir) or read_tensorboard_run(log_dir)
 
 
-def panels(series: Series) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """Group logged names into panels: one per loss or metric (train, val, test and epoch curves
-    together), the total first; then one panel each for the weights, the gradient norms and the
-    gradient cosines."""
+def find_runs(log_dir: str | Path) -> dict[str, Path]:
+    """The run directories under ``log_dir`` (itself, or ``lightning_logs/version_*`` and the
+    like): each directory holding a ``metrics.csv`` or TensorBoard event files, named by its
+    path relative to ``log_dir``. Several runs are drawn as several lines, never joined."""
+    root = Path(log_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{str(root)!r} is not a directory; expected a CSVLogger or TensorBoardLogger run "
+            "directory (holding metrics.csv or events.out.tfevents.* files), or a folder of them "
+            "such as lightning_logs/"
+        )
+    found = {p.parent for p in root.rglob("metrics.csv")}
+    if not found:
+        found = {p.parent for p in root.rglob("events.out.tfevents.*")}
+    if not found:
+        raise FileNotFoundError(
+            f"no metrics.csv or events.out.tfevents.* under {str(root)!r}; expected a CSVLogger "
+            "or TensorBoardLogger run directory, or a folder of them such as lightning_logs/"
+        )
+    runs = {}
+    for directory in sorted(found):
+        name = directory.relative_to(root).as_posix()
+        runs["." if name == "." else name] = directory
+    return runs
+
+
+def read_kinds(run_dir: str | Path) -> dict[str, str]:
+    """``{name: "term" | "total" | "metric"}`` as the run recorded them (``KINDS_FILE``)."""
+    path = Path(run_dir) / KINDS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return {str(k): str(v) for k, v in json.loads(path.read_text()).items()}
+    except (ValueError, AttributeError):
+        return {}
+
+
+def panels(
+    series: Series, kinds: dict[str, str] | None = None, run: str = ""
+) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Group logged names into panels: one per loss (train, val, test and epoch curves
+    together), the total first; then one per metric (when the run recorded which names are
+    metrics); then the weights that change, the gradient norms and the gradient cosines.
+    ``run`` prefixes the curve labels (several runs in one figure)."""
+    kinds = kinds or {}
     grouped: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(dict)
+    prefix = f"{run}: " if run else ""
     for name, points in series.items():
         stage, _, term = name.partition("/")
         if stage in SHARED_PANELS and term:
-            grouped[SHARED_PANELS[stage]][term] = points
+            if stage == "weight" and len({v for _, v in points}) <= 1:
+                continue  # a constant weight: nothing to see
+            grouped[SHARED_PANELS[stage]][f"{prefix}{term}"] = points
         elif stage in STAGES and term:
             epoch = term.endswith("_epoch")
             base = term.removesuffix("_epoch")
-            grouped[base][f"{stage}{' (epoch)' if epoch else ''}"] = points
+            panel = f"metric: {base}" if kinds.get(base) == "metric" else base
+            grouped[panel][f"{prefix}{stage}{' (epoch)' if epoch else ''}"] = points
     last = list(SHARED_PANELS.values())
-    order = sorted(grouped, key=lambda k: (k != "loss", last.index(k) if k in last else -1, k))
-    return {key: grouped[key] for key in order}
+
+    def rank(key: str) -> tuple[Any, ...]:
+        return (
+            key != "loss",
+            last.index(key) if key in last else -1,
+            key.startswith("metric: "),
+            key,
+        )
+
+    return {key: grouped[key] for key in sorted(grouped, key=rank)}
 
 
-def plot_series(series: Series, out: str | Path, title: str = "") -> Path:
-    """Draw ``series`` into one PNG with a panel per loss; returns the file written."""
-    groups = panels(series)
+def merge_panels(
+    runs: dict[str, dict[str, dict[str, list[tuple[int, float]]]]],
+) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """One figure's panels from several runs' panels: a line per run in each panel."""
+    merged: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for groups in runs.values():
+        for panel, curves in groups.items():
+            merged.setdefault(panel, {}).update(curves)
+    last = list(SHARED_PANELS.values())
+    return {
+        key: merged[key]
+        for key in sorted(
+            merged,
+            key=lambda k: (
+                k != "loss",
+                last.index(k) if k in last else -1,
+                k.startswith("metric: "),
+                k,
+            ),
+        )
+    }
+
+
+def _log_scale(curves: dict[str, list[tuple[int, float]]], mode: str) -> bool:
+    values = [v for points in curves.values() for _, v in points if math.isfinite(v)]
+    if mode == "never" or not values or min(values) <= 0:
+        return False
+    return mode == "always" or max(values) / min(values) >= 100.0
+
+
+def plot_series(
+    series: Series | dict[str, dict[str, list[tuple[int, float]]]],
+    out: str | Path,
+    title: str = "",
+    log_y: str = "auto",
+    grouped: bool = False,
+) -> Path:
+    """Draw one PNG with a panel per loss; returns the file written.
+
+    ``series`` is a run's values (name -> points), or already ``grouped`` panels. ``log_y``:
+    ``"auto"`` (a log axis where a panel's positive values span two decades or more),
+    ``"always"`` or ``"never"``.
+    """
+    groups = series if grouped else panels(series)  # type: ignore[arg-type]
     if not groups:
-        raise ValueError(f"no train/, val/ or test/ values to plot in {sorted(series)}")
+        names = sorted(series)
+        raise ValueError(
+            f"no train/, val/ or test/ values to plot (found {names[:12]}); expected a run "
+            "logged by a LossDictModule (or any run with train/... names)"
+        )
     columns = min(3, len(groups))
     rows = math.ceil(len(groups) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
     for ax, (panel, curves) in zip(axes.flat, groups.items()):
         for label, points in curves.items():
             steps, values = zip(*sorted(points))
-            style = "o-" if len(points) < 30 and not label.startswith("train") else "-"
+            style = "o-" if len(points) < 30 and "train" not in label else "-"
             ax.plot(steps, values, style, label=label, markersize=3, linewidth=1.4)
+        if _log_scale(curves, log_y):
+            ax.set_yscale("log")
         ax.set_title("weighted total: loss" if panel == "loss" else panel, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=8)
@@ -109,7 +213,22 @@ def plot_series(series: Series, out: str | Path, title: str = "") -> Path:
     return out
 
 
-def plot_run(log_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Read the run in ``log_dir`` and draw its per-loss curves (default ``log_dir/curves.png``)."""
+def plot_run(log_dir: str | Path, out: str | Path | None = None, log_y: str = "auto") -> Path:
+    """Draw the per-loss curves of the run in ``log_dir`` (default ``log_dir/curves.png``); a
+    folder of several runs (``lightning_logs/``) gets a line per run in each panel."""
+    runs = find_runs(log_dir)
     out = Path(log_dir) / "curves.png" if out is None else Path(out)
-    return plot_series(read_run(log_dir), out, title=str(log_dir))
+    if len(runs) == 1:
+        (directory,) = runs.values()
+        groups = panels(read_run(directory), read_kinds(directory))
+    else:
+        groups = merge_panels(
+            {name: panels(read_run(d), read_kinds(d), run=name) for name, d in runs.items()}
+        )
+    if not groups:
+        every = sorted({n for d in runs.values() for n in read_run(d)})
+        raise ValueError(
+            f"no train/, val/ or test/ values to plot (found {every[:12]}); expected a run "
+            "logged by a LossDictModule (or any run with train/... names)"
+        )
+    return plot_series(groups, out, title=str(log_dir), log_y=log_y, grouped=True)

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
@@ -151,7 +152,10 @@ class RoutedOptimizer(Optimizer):
         return loss
 
     def _step_route(self, route: Route) -> None:
-        self.optimizers[route].step()
+        optimizer = self.optimizers[route]
+        if all(p.grad is None for group in optimizer.param_groups for p in group["params"]):
+            return  # no term of the route reached its parameters (in any micro-batch)
+        optimizer.step()
         self.steps_taken[route] += 1
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -237,7 +241,9 @@ class _RoutePlateau(ReduceLROnPlateau):
         return [group["lr"] for group in self.scheduler.optimizer.param_groups]
 
 
-def parse_route_map(config: Mapping[Any, Any], module: nn.Module) -> dict[str, Any]:
+def parse_route_map(
+    config: Mapping[Any, Any], module: nn.Module
+) -> dict[str, Any] | tuple[list[Optimizer], list[dict[str, Any]]]:
     """A route map -> a Lightning optimizer config around one :class:`RoutedOptimizer`.
 
     Checks that every trainable parameter belongs to exactly one route optimizer, naming the
@@ -303,9 +309,11 @@ def parse_route_map(config: Mapping[Any, Any], module: nn.Module) -> dict[str, A
         proxy = _RoutePlateau if isinstance(inner, ReduceLROnPlateau) else _RouteScheduler
         entry["scheduler"] = proxy(inner, composite, route)
         configs.append(entry)
+    if len(configs) > 1:  # Lightning's dict form takes one scheduler; its two-list form many
+        return [composite], configs  # type: ignore[return-value]
     result: dict[str, Any] = {"optimizer": composite}
     if configs:
-        result["lr_scheduler"] = configs if len(configs) > 1 else configs[0]
+        result["lr_scheduler"] = configs[0]
     return result
 
 
@@ -384,7 +392,8 @@ def reached_parameters(output: Tensor) -> set[int]:
 
 
 class _InjectGradients(torch.autograd.Function):
-    """A zero whose backward hands each parameter a precomputed gradient (zeros for ``None``).
+    """A zero whose backward hands each parameter a precomputed gradient (for ``None``: no
+    gradient, or zeros where DDP must hear from every parameter).
 
     What Lightning backpropagates when the gradients were computed with ``autograd.grad``: one
     graph node instead of a multiply and a sum per parameter, and a real backward through every
@@ -394,21 +403,25 @@ class _InjectGradients(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, grads: list[Tensor | None], *params: Tensor) -> Tensor:
-        ctx.grads = grads
+    def forward(
+        ctx: Any, none_for_missing: bool, grads: list[Tensor | None], *params: Tensor
+    ) -> Tensor:
+        ctx.grads, ctx.none_for_missing = grads, none_for_missing
         ctx.shapes = [(p.shape, p.dtype, p.device) for p in params]
         return params[0].new_zeros(())
 
     @staticmethod
     def backward(ctx: Any, scale: Tensor) -> tuple[Any, ...]:
-        out = []
+        out: list[Tensor | None] = []
         for grad, (shape, dtype, device) in zip(ctx.grads, ctx.shapes):
-            if grad is None:
-                out.append(torch.zeros(shape, dtype=dtype, device=device))
-            else:
+            if grad is not None:
                 out.append(grad * scale.to(grad.dtype))
+            elif ctx.none_for_missing:
+                out.append(None)  # no gradient: the optimizer skips the parameter
+            else:
+                out.append(torch.zeros(shape, dtype=dtype, device=device))
         ctx.grads = None
-        return (None, *out)
+        return (None, None, *out)
 
 
 class Router:
@@ -423,6 +436,8 @@ class Router:
         }
         self._fast: BoundedCache[tuple[str, ...], bool] = BoundedCache()
         self.matched: set[Route] = set()
+        self._noted: BoundedCache[tuple[str, ...], bool] = BoundedCache()  # checked key sets
+        self._unrouted_warned: set[str] = set()
 
     def members(self, route: Route, terms: tuple[str, ...]) -> list[int]:
         """Positions of ``route``'s terms among this step's ``terms``."""
@@ -450,6 +465,18 @@ class Router:
         for route in self.routes:
             if self.members(route, terms):
                 self.matched.add(route)
+        if self._noted.get(terms):
+            return
+        self._noted.put(terms, True)
+        for term in terms:
+            if term not in self._unrouted_warned and self.owner(term) is None:
+                self._unrouted_warned.add(term)
+                rank_zero_warn(
+                    f"loss term {term!r} belongs to no optimizer route (routes "
+                    f"{self.route_names()}): it is logged and counted in train/loss but trains "
+                    f"nothing; expected it in a route (a tuple route such as ('g', {term!r})) "
+                    "or a 'loss' route"
+                )
 
     @property
     def alternating(self) -> bool:
@@ -493,7 +520,13 @@ class Router:
                 if id(param) not in given:
                     params.append(param)
                     grads.append(None)
-        return _InjectGradients.apply(grads, *params)
+        # A route without a term must not step: an optimizer with momentum or weight decay would
+        # move its parameters on zero gradients. Alone, its parameters get no gradient at all
+        # (so RoutedOptimizer skips the route and its scheduler waits); under DDP every rank
+        # must hear from every parameter, so they get zeros and the route steps on them (whether
+        # another rank had the term is not known without a collective).
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        return _InjectGradients.apply(not distributed, grads, *params)
 
     def owner(self, term: str) -> Route | None:
         """The first route (in the order given) whose loss includes ``term``."""

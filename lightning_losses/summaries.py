@@ -1,12 +1,12 @@
-"""What loggers are told about the logged names beyond their values: W&B's ``min`` summaries.
+"""What loggers are told about the logged names beyond their values: W&B's summaries.
 
 W&B groups charts into sections by the prefix before the first ``/`` (``train/``, ``val/``,
 ``weight/``, ``grad_norm/``), which our names already give. By default a run's summary holds each
-metric's *last* value, which the runs table, scripts (``run.summary[name]``) and sweeps read; for a
-loss the minimum is worth comparing too, so every loss name (terms and totals, step and epoch) gets
-``define_metric(name, summary="last,min")`` once, before its first value is written: the last value
-stays where readers expect it, and the best is kept beside it. ``wandb`` is never imported here: a ``WandbLogger`` among the
-trainer's loggers already holds the run.
+metric's *last* value, which the runs table, scripts (``run.summary[name]``) and sweeps read; for
+a loss the minimum is worth comparing too, so every loss name (terms and totals, step and epoch)
+gets ``define_metric(name, summary="last,min")`` once, before its first value is written: the last
+value stays where readers expect it, and the best is kept beside it. ``wandb`` is never imported
+here: a ``WandbLogger`` among the trainer's loggers already holds the run.
 """
 
 from __future__ import annotations

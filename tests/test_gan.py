@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import MemoryLogger, make_trainer
 from gan import (
+    CRITIC,
     WGANGP,
     SequentialGAN,
     adam,
@@ -16,6 +17,7 @@ from gan import (
     plain_alternating,
     wgan_player_losses,
 )
+from gan import networks as gan_networks
 from torch.utils.data import DataLoader
 
 from lightning_losses import LossDictModule
@@ -312,3 +314,75 @@ def test_lightnings_ema_callback_averages_the_alternating_parameters():
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
     # and it is not the last step's parameters
     assert not all(torch.equal(a, b) for a, b in zip(ours, snapshots[-1]))
+
+
+def test_a_route_without_a_term_in_a_batch_does_not_step():
+    # forward leaves the generator's loss out on odd batches: Adam must not move the generator
+    # on zero gradients there (momentum would), exactly as a loop that skips it
+    class Sometimes(SequentialGAN):
+        def forward(self, batch):
+            out = super().forward(batch)
+            if self.training and self.trainer.global_step % 2 == 1:
+                del out["g"]
+            return out
+
+    data = batches(6)
+    module = Sometimes()
+    make_trainer().fit(module, loader(data))
+    generator, critic, _ = plain_alternating(
+        lambda k: ["d", "g"] if k % 2 == 0 else ["d"], [[b] for b in data], gan_player_losses()
+    )
+    assert parameters_equal(module, generator, critic)
+    composite = module.trainer.optimizers[0]
+    assert composite.steps_taken == {("d",): 6, ("g",): 3}
+
+
+def test_a_route_that_sets_only_its_clipping_algorithm_uses_the_trainers_value():
+    import copy
+
+    data = batches(6)
+    module = WGANGP(n_critic=1, critic_route={"gradient_clip_algorithm": "value"})
+    make_trainer(gradient_clip_val=0.01).fit(module, loader(data))
+
+    generator, critic = (copy.deepcopy(n) for n in gan_networks())
+    optimizers = {"d": adam(critic.parameters()), "g": adam(generator.parameters())}
+    losses = wgan_player_losses()
+    for k, batch in enumerate(data):
+        player = "d" if k % 2 == 0 else "g"
+        optimizers[player].zero_grad()
+        losses[player](generator, critic, batch).backward()
+        owned = critic if player == "d" else generator
+        if player == "d":
+            torch.nn.utils.clip_grad_value_(owned.parameters(), 0.01)
+        else:
+            torch.nn.utils.clip_grad_norm_(owned.parameters(), 0.01)
+        optimizers[player].step()
+    assert parameters_equal(module, generator, critic)
+
+
+def test_every_route_may_have_its_own_scheduler():
+    class TwoSchedulers(WGANGP):
+        def route_map(self):
+            routes = super().route_map()
+            for route, gamma in ((CRITIC, 0.9), ("generator", 0.5)):
+                optimizer = routes[route]["optimizer"]
+                step_lr = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=gamma)
+                routes[route]["lr_scheduler"] = {"scheduler": step_lr, "interval": "step"}
+            return routes
+
+    module = TwoSchedulers(n_critic=2)
+    make_trainer().fit(module, loader(batches(9)))
+    inner = module.trainer.optimizers[0].optimizers
+    assert inner[CRITIC].param_groups[0]["lr"] == pytest.approx(1e-2 * 0.9**6)
+    assert inner[("generator",)].param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5**3)
+
+
+def test_a_term_in_no_route_is_named_in_a_warning():
+    class WithRegulariser(SequentialGAN):
+        def forward(self, batch):
+            out = super().forward(batch)
+            out["reg"] = sum(p.pow(2).sum() for p in self.generator.parameters())
+            return out
+
+    with pytest.warns(UserWarning, match=r"loss term 'reg' belongs to no optimizer route"):
+        make_trainer(max_steps=2).fit(WithRegulariser(), loader(batches(2)))
