@@ -9,6 +9,8 @@ interval. This class decides *when* things happen; the other modules decide *wha
 from __future__ import annotations
 
 import functools
+import json
+import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
@@ -35,7 +37,7 @@ from lightning_losses.batches import batch_size
 from lightning_losses.calling import Call, ModelCall, describe_batch
 from lightning_losses.diagnostics import GradientDiagnostics, diagnostic_names, gradient_statistics
 from lightning_losses.log import EPOCH_SUFFIX, SKIPPED_STEPS, LossLog
-from lightning_losses.names import NameCheck
+from lightning_losses.names import KINDS_FILE, NameCheck
 from lightning_losses.plan import StepPlan
 from lightning_losses.shared import SharedParameters
 from lightning_losses.terms import (
@@ -903,6 +905,26 @@ class LossDictModule(pl.LightningModule):
             # after an epoch's end the monitors keep its means (see on_train_epoch_end); a run
             # stopped mid-epoch has none, and the last window is what it has
             self._write_window(to_callbacks=not self._epoch_just_ended)
+        self._write_kinds()
+
+    def _write_kinds(self) -> None:
+        """Beside a file logger's run (CSV, TensorBoard): which names are loss terms, totals
+        and metrics, which the logs themselves cannot tell (``python -m lightning_losses plot``
+        draws metrics apart from losses with it)."""
+        if not self.trainer.is_global_zero:
+            return
+        kinds = {
+            name.split("/", 1)[1]: kind
+            for name, kind in self._log.session.registry.kind_of.items()
+            if name.startswith("train/") and kind in ("term", "total", "metric")
+        }
+        if not kinds:
+            return
+        for logger in self.trainer.loggers:
+            log_dir = getattr(logger, "log_dir", None)
+            if isinstance(log_dir, str) and os.path.isdir(log_dir):
+                with open(os.path.join(log_dir, KINDS_FILE), "w") as handle:
+                    json.dump(kinds, handle, indent=1, sort_keys=True)
 
     def on_validation_start(self) -> None:
         # validate(): a call of its own; a validation inside fit belongs to the fit's session

@@ -17,6 +17,8 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_warn
 
+#: Written beside a file logger's run: which names are loss terms, totals and metrics.
+KINDS_FILE = "lightning_losses_kinds.json"
 #: What Lightning's MLFlowLogger deletes from a metric name.
 _MLFLOW_DROPS = re.compile(r"[^a-zA-Z0-9_/. -]+")
 

@@ -15,12 +15,13 @@ from typing import Any
 
 import matplotlib
 
+from lightning_losses.names import KINDS_FILE
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 Series = dict[str, list[tuple[int, float]]]
-#: Written beside a run's logs by LossDictModule: which names are loss terms, totals, metrics.
-KINDS_FILE = "lightning_losses_kinds.json"
+
 STAGES = ("train", "val", "test")
 #: Prefixes whose names share one panel (a curve per term), in the order they are drawn, last.
 SHARED_PANELS = {

@@ -90,13 +90,14 @@ def test_main_example_writes_per_loss_logs_and_curves(tmp_path):
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "again.png").stat().st_size > 10_000
-    from lightning_losses.plot import panels, read_run
+    from lightning_losses.plot import panels, read_kinds, read_run
 
-    drawn = panels(read_run(run_dir))
-    assert list(drawn)[:4] == ["loss", "acc", "depth", "seg"]
+    drawn = panels(read_run(run_dir), read_kinds(run_dir))
+    # the total first, then the losses, then the metric (the run recorded which is which)
+    assert list(drawn)[:4] == ["loss", "depth", "seg", "metric: acc"]
     assert set(drawn["seg"]) == {"train", "train (epoch)", "val"}
     assert set(drawn["gradient cosine per pair"]) == {"seg_vs_depth"}
-    assert set(drawn["weights"]) == {"depth"}
+    assert "weights" not in drawn  # depth's weight is a constant 0.5: nothing to see
 
 
 def test_weighting_comparison_prints_a_row_per_strategy(tmp_path):
