@@ -9,4 +9,4 @@ from lightning_losses.terms import flatten, parse_output
 from lightning_losses.weighting import Weighting
 
 __all__ = ["LossDictModule", "Weighting", "add_loss", "add_metric", "flatten", "parse_output"]
-__version__ = "0.1.0"
+__version__ = "0.3.0.dev0"
