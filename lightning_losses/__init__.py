@@ -5,8 +5,18 @@ Importing this package never imports ``wandb`` (an optional extra).
 
 from lightning_losses.context import add_loss, add_metric
 from lightning_losses.module import LossDictModule
+from lightning_losses.routing import RouteConfig, RouteMap
 from lightning_losses.terms import flatten, parse_output
 from lightning_losses.weighting import Weighting
 
-__all__ = ["LossDictModule", "Weighting", "add_loss", "add_metric", "flatten", "parse_output"]
+__all__ = [
+    "LossDictModule",
+    "RouteConfig",
+    "RouteMap",
+    "Weighting",
+    "add_loss",
+    "add_metric",
+    "flatten",
+    "parse_output",
+]
 __version__ = "0.3.0.dev0"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import pickle
 import warnings
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -29,7 +29,8 @@ def writes_step_metrics(trainer: pl.Trainer) -> bool:
         and trainer.lightning_module.automatic_optimization
     ):
         return False
-    return bool(trainer._logger_connector.should_update_logs or trainer.fast_dev_run)
+    fast_dev_run = trainer.fast_dev_run  # type: ignore[attr-defined]  # set in __init__
+    return bool(trainer._logger_connector.should_update_logs or fast_dev_run)
 
 
 def publish_step_metrics(
@@ -116,7 +117,7 @@ def num_eval_dataloaders(trainer: pl.Trainer, stage: str) -> int:
     return max(1, len(counts))
 
 
-def publish_eval_metrics(trainer: pl.Trainer, per_loader: list[Mapping[str, float]]) -> None:
+def publish_eval_metrics(trainer: pl.Trainer, per_loader: Sequence[Mapping[str, float]]) -> None:
     """Hand each loader's epoch means to Lightning as if that loader's steps had logged them.
 
     Not ``self.log`` from the epoch-end hook: Lightning adds what is logged there to *every*
@@ -150,8 +151,9 @@ def quiet_unused_validation_step() -> Any:
 
 
 def unquiet(entry: Any) -> None:
-    if entry is not None and entry in warnings.filters:
-        warnings.filters.remove(entry)
+    filters: list[Any] = warnings.filters  # type: ignore[assignment]  # a list at run time
+    if entry is not None and entry in filters:
+        filters.remove(entry)
         mutated = getattr(warnings, "_filters_mutated", None)  # what filterwarnings calls
         if mutated is not None:
             mutated()

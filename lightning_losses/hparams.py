@@ -100,8 +100,8 @@ def _yaml_plain(value: Any) -> Any:
         items = [_yaml_plain(v) for v in value]
         return _MISSING if any(v is _MISSING for v in items) else items
     if isinstance(value, Mapping) and all(type(k) is str for k in value):
-        items = {k: _yaml_plain(v) for k, v in value.items()}
-        return _MISSING if any(v is _MISSING for v in items.values()) else items
+        entries = {k: _yaml_plain(v) for k, v in value.items()}
+        return _MISSING if any(v is _MISSING for v in entries.values()) else entries
     return _MISSING
 
 
@@ -268,7 +268,7 @@ def save(module: HyperparametersMixin, cli: bool) -> None:
     frame = inspect.currentframe()
     assert frame is not None and frame.f_back is not None
     frame = frame.f_back
-    module._hparams_from_subclass = frozenset()
+    module._hparams_from_subclass = frozenset()  # type: ignore[attr-defined]
     if cli:  # the CLI's configuration (class_path dicts), rebuilt by its instantiator
         module.save_hyperparameters(frame=frame)
         return
@@ -291,8 +291,8 @@ def save(module: HyperparametersMixin, cli: bool) -> None:
         candidates = [*received, value] if name in INSTANCES else [value, *received]
         encoded = [encode(name, candidate) for candidate in candidates]
         stored[name] = next((e for e in encoded if not _unsaved_parts(e, name)), encoded[0])
-    module._hparams_initial = copy.deepcopy(stored)
-    module._hparams_from_subclass = frozenset(supplied)
+    module._hparams_initial = copy.deepcopy(stored)  # type: ignore[attr-defined]
+    module._hparams_from_subclass = frozenset(supplied)  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------ saving
@@ -387,7 +387,7 @@ def load_arguments(
     result = dict(kwargs)
     if not isinstance(stored, Mapping) or "_instantiator" in stored:
         return result  # LightningCLI's configuration: Lightning's allow-listed instantiator
-    signature = inspect.signature(cls.__init__).parameters
+    signature = inspect.signature(cls).parameters  # the constructor's, without self
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
     ours = arguments()
     for name, value in stored.items():
@@ -513,5 +513,5 @@ def materialize(module: nn.Module) -> nn.Module:
                         if isinstance(tensor, nn.Parameter):
                             real = nn.Parameter(real, requires_grad=tensor.requires_grad)
                         made[id(tensor)] = real
-                    table[name] = made[id(tensor)]  # type: ignore[index]
+                    table[name] = made[id(tensor)]  # type: ignore[assignment]
     return module

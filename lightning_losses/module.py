@@ -463,9 +463,11 @@ class LossDictModule(pl.LightningModule):
                 (owner is None or owner not in active) and name not in self._pending_terms
             ):
                 self._pending_terms[name] = value.detach()
-        for name, value in parsed.metrics.items():
+        for name, metric in parsed.metrics.items():
             if name not in self._pending_metrics:
-                self._pending_metrics[name] = value.detach() if isinstance(value, Tensor) else value
+                self._pending_metrics[name] = (
+                    metric.detach() if isinstance(metric, Tensor) else metric
+                )
 
     def _record_passes(self, batch: Any) -> None:
         """Record the batch's values, gathered over its passes, as one training step."""
@@ -1016,7 +1018,18 @@ class LossDictModule(pl.LightningModule):
                 inner, clip_val or 0.0, gradient_clip_algorithm=GradClipAlgorithmType(algorithm)
             )
 
+    def configure_routes(self) -> routing.RouteMap | None:
+        """Per-key optimizers, for typed code: override this instead of ``configure_optimizers``
+        and return the route map (``{"seg": Adam(...), ("d", "gp"): {"optimizer": ...,
+        "frequency": 5}}``). Returning a route map from ``configure_optimizers`` works the same
+        at run time, but Lightning's annotation of that hook cannot express it, so a type checker
+        rejects the override. ``None`` (the default): ``configure_optimizers`` decides."""
+        return None
+
     def configure_optimizers(self) -> Any:
+        routes = self.configure_routes()
+        if routes is not None:
+            return self._translate_routes(routes)
         factory = self.optimizer_factory or default_optimizer
         optimizer = factory(self.parameters())
         if not isinstance(optimizer, Optimizer):
@@ -1050,7 +1063,7 @@ class LossDictModule(pl.LightningModule):
         checkpoint[_CHECKPOINT_KEY] = ours
 
     @_restricted_classmethod
-    def load_from_checkpoint(  # type: ignore[override]
+    def load_from_checkpoint(
         cls,
         checkpoint_path: Any,
         map_location: Any = None,
@@ -1100,7 +1113,7 @@ class LossDictModule(pl.LightningModule):
         """Resuming with other per-key routes (or per-key <-> one optimizer) cannot work: say
         which routes differ before Lightning fails inside ``load_state_dict``."""
         saved, self._restored_routes = self._restored_routes, False
-        if saved is False:
+        if saved is False or saved is True:
             return
         router = self._route_for_step()
         current = router.route_names() if router is not None else None

@@ -180,7 +180,9 @@ def plot_series(
     ``"auto"`` (a log axis where a panel's positive values span two decades or more),
     ``"always"`` or ``"never"``.
     """
-    groups = series if grouped else panels(series)  # type: ignore[arg-type]
+    groups: dict[str, dict[str, list[tuple[int, float]]]] = (
+        series if grouped else panels(series)  # type: ignore[assignment,arg-type]
+    )
     if not groups:
         names = sorted(series)
         raise ValueError(

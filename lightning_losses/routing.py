@@ -30,7 +30,7 @@ get zero gradients (so DDP, without ``find_unused_parameters``, hears from every
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -42,6 +42,23 @@ from lightning_losses.cache import BoundedCache
 from lightning_losses.terms import TOTAL, describe
 
 Route = tuple[str, ...]  # the terms of a route; ("loss",) is the weighted total
+
+
+class _RouteConfigRequired(TypedDict):
+    optimizer: Optimizer
+
+
+class RouteConfig(_RouteConfigRequired, total=False):
+    """A route's optimizer dict (Lightning's optimizer dict, plus what routes add)."""
+
+    lr_scheduler: Any  # a scheduler, or Lightning's scheduler dict
+    frequency: int
+    gradient_clip_val: float | None
+    gradient_clip_algorithm: str | None
+
+
+#: What ``configure_optimizers`` may return for per-key optimizers: annotate it ``-> RouteMap``.
+RouteMap = Mapping[str | tuple[str, ...], Optimizer | RouteConfig]
 
 
 class _EveryRoute(frozenset):
@@ -100,19 +117,19 @@ class RoutedOptimizer(Optimizer):
         #: Optimizer steps taken per route: what a route's scheduler follows.
         self.steps_taken: dict[Route, int] = dict.fromkeys(self.optimizers, 0)
         self.defaults: dict[str, Any] = {}
-        self._optimizer_step_pre_hooks = {}  # type: ignore[assignment]
-        self._optimizer_step_post_hooks = {}  # type: ignore[assignment]
+        self._optimizer_step_pre_hooks = {}
+        self._optimizer_step_post_hooks = {}
         self._optimizer_state_dict_pre_hooks = {}  # type: ignore[assignment]
         self._optimizer_state_dict_post_hooks = {}  # type: ignore[assignment]
         self._optimizer_load_state_dict_pre_hooks = {}  # type: ignore[assignment]
         self._optimizer_load_state_dict_post_hooks = {}  # type: ignore[assignment]
 
-    @property  # type: ignore[override]
-    def param_groups(self) -> list[dict[str, Any]]:
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
         return [g for opt in self.optimizers.values() for g in opt.param_groups]
 
-    @property  # type: ignore[override]
-    def state(self) -> dict[Any, Any]:
+    @property
+    def state(self) -> dict[Any, Any]:  # type: ignore[override]
         merged: dict[Any, Any] = {}
         for opt in self.optimizers.values():
             merged.update(opt.state)
@@ -162,10 +179,10 @@ class RoutedOptimizer(Optimizer):
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=set_to_none)
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:
         return {route_name(r): opt.state_dict() for r, opt in self.optimizers.items()}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         expected = [route_name(r) for r in self.optimizers]
         if "param_groups" in state_dict or set(state_dict) != set(expected):
             found = (
@@ -204,20 +221,21 @@ class _RouteScheduler(LRScheduler):
         self, scheduler: Any, composite: RoutedOptimizer, route: Route
     ) -> None:  # no super().__init__
         self.scheduler, self.optimizer, self.route = scheduler, composite, route
+        self.composite = composite
         self._seen_steps = 0
 
-    def step(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def step(self, *args: Any, **kwargs: Any) -> None:
         # Lightning steps every scheduler at its interval; a route's scheduler follows only its
         # own optimizer: it steps when that optimizer has stepped since its last step (each
         # optimizer step with interval="step", each epoch in which the route stepped with
         # interval="epoch").
-        taken = self.optimizer.steps_taken[self.route]
+        taken = self.composite.steps_taken[self.route]
         if taken == self._seen_steps:
             return
         self._seen_steps = taken
         self.scheduler.step(*args, **kwargs)
 
-    def get_last_lr(self) -> list[float]:
+    def get_last_lr(self) -> list[float | Tensor]:
         return self.scheduler.get_last_lr()
 
     def state_dict(self) -> dict[str, Any]:
@@ -232,12 +250,13 @@ class _RouteScheduler(LRScheduler):
 class _RoutePlateau(ReduceLROnPlateau):
     """``ReduceLROnPlateau`` behind the same proxy (Lightning passes it the monitored value)."""
 
-    __init__ = _RouteScheduler.__init__  # type: ignore[assignment]
-    step = _RouteScheduler.step  # type: ignore[assignment]
-    state_dict = _RouteScheduler.state_dict  # type: ignore[assignment]
-    load_state_dict = _RouteScheduler.load_state_dict  # type: ignore[assignment]
+    __init__ = _RouteScheduler.__init__
+    step = _RouteScheduler.step
+    state_dict = _RouteScheduler.state_dict
+    load_state_dict = _RouteScheduler.load_state_dict
+    scheduler: Any
 
-    def get_last_lr(self) -> list[float]:
+    def get_last_lr(self) -> list[float | Tensor]:
         return [group["lr"] for group in self.scheduler.optimizer.param_groups]
 
 
@@ -310,7 +329,7 @@ def parse_route_map(
         entry["scheduler"] = proxy(inner, composite, route)
         configs.append(entry)
     if len(configs) > 1:  # Lightning's dict form takes one scheduler; its two-list form many
-        return [composite], configs  # type: ignore[return-value]
+        return [composite], configs
     result: dict[str, Any] = {"optimizer": composite}
     if configs:
         result["lr_scheduler"] = configs[0]
@@ -377,8 +396,9 @@ def check_ownership(optimizers: Mapping[Route, Optimizer], module: nn.Module) ->
 
 def reached_parameters(output: Tensor) -> set[int]:
     """Ids of the leaf tensors ``output``'s autograd graph reaches (walked once per key set)."""
-    seen, leaves = set(), set()
-    stack = [output.grad_fn] if output.grad_fn is not None else []
+    seen: set[Any] = set()
+    leaves: set[int] = set()
+    stack: list[Any] = [output.grad_fn] if output.grad_fn is not None else []
     while stack:
         node = stack.pop()
         if node is None or node in seen:

@@ -249,3 +249,29 @@ def test_reduce_on_plateau_gets_its_monitor_through_the_route_proxy():
     trainer = make_trainer(None, max_epochs=3)
     trainer.fit(Routed(plateau), multitask_data())
     assert trainer.optimizers[0].optimizers[("seg",)].param_groups[0]["lr"] == pytest.approx(0.25)
+
+
+def test_configure_routes_is_configure_optimizers_for_typed_code():
+    from conftest import MultiTask, make_trainer, multitask_data
+
+    from lightning_losses import RouteMap
+
+    class Typed(MultiTask):
+        def configure_routes(self) -> RouteMap:
+            return {
+                "seg": torch.optim.SGD([*self.seg.parameters(), *self.trunk.parameters()], lr=0.1),
+                "depth": {"optimizer": torch.optim.SGD(self.depth.parameters(), lr=0.1)},
+            }
+
+    class Untyped(MultiTask):
+        def configure_optimizers(self):
+            return {
+                "seg": torch.optim.SGD([*self.seg.parameters(), *self.trunk.parameters()], lr=0.1),
+                "depth": {"optimizer": torch.optim.SGD(self.depth.parameters(), lr=0.1)},
+            }
+
+    typed, untyped = Typed(), Untyped()
+    for module in (typed, untyped):
+        make_trainer(max_steps=3).fit(module, multitask_data())
+    for a, b in zip(typed.parameters(), untyped.parameters()):
+        assert torch.equal(a, b)

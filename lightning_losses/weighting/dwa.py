@@ -28,6 +28,9 @@ class DynamicWeightAverage(PerTerm):
         temperature: ``T``; larger is closer to equal weights (the paper uses 2).
     """
 
+    epoch_means: Tensor  # buffers (declared for type checkers: nn.Module hides them)
+    weights: Tensor
+
     def __init__(self, terms: Sequence[str], temperature: float = 2.0) -> None:
         super().__init__(terms)
         if not temperature > 0:

@@ -41,6 +41,8 @@ class GradNorm(PerTerm):
         alpha: the restoring-force strength (the paper uses 0.12 to 3; 1.5 is common).
     """
 
+    initial_losses: Tensor  # a buffer (declared for type checkers: nn.Module hides it)
+
     def __init__(
         self, terms: Sequence[str], shared: str | Sequence[str], alpha: float = 1.5
     ) -> None:
