@@ -128,8 +128,10 @@ class LossDictModule(pl.LightningModule):
             dict has ``"frequency"`` take turns either way; ``self.active_routes`` tells
             ``forward`` which routes step now.
 
-    If you override ``on_train_epoch_end``, ``on_validation_epoch_start/end``,
-    ``on_test_epoch_start/end`` or ``on_before_optimizer_step``, call ``super()`` there.
+    If you override ``setup``, ``on_fit_start``, ``on_train_epoch_end``, ``on_train_end``,
+    ``on_validation_start``, ``on_test_start``, ``on_validation_epoch_start/end``,
+    ``on_test_epoch_start/end``, the ``on_*_batch_start/end`` hooks,
+    ``on_before_optimizer_step`` or ``configure_gradient_clipping``, call ``super()`` there.
     """
 
     def __init__(

@@ -14,7 +14,7 @@ to leave each parameter holding the gradient of *its own route's* weighted loss:
   is the only one DDP sees (``autograd.grad`` does not fire its hooks), so gradients are
   synchronised once per step, and clipping, accumulation and AMP scaling apply to it unchanged.
 
-Alternating optimizers (GANs, API section 8) live here too. A route's dict may carry
+Alternating optimizers (GANs) live here too. A route's dict may carry
 ``"frequency": n`` (routes take turns, ``n`` consecutive optimizer steps each, in the order given)
 and its own ``"gradient_clip_val"``/``"gradient_clip_algorithm"``. The turn is a function of
 ``trainer.global_step`` alone (the number of optimizer steps so far), so it needs no state of its
