@@ -276,6 +276,11 @@ class LossDictModule(pl.LightningModule):
             self._quiet = _lightning.quiet_unused_validation_step()
 
     def setup(self, stage: str) -> None:
+        self._lift_loop_check_silence()
+
+    def _lift_loop_check_silence(self) -> None:
+        """Lift the loop-check silence (see the ``trainer`` setter); also from ``on_fit_start``,
+        for a subclass whose ``setup`` does not call ``super()``."""
         _lightning.unquiet(getattr(self, "_quiet", None))
         self._quiet = None
 
@@ -814,6 +819,7 @@ class LossDictModule(pl.LightningModule):
     # ------------------------------------------------------------------ lifecycle hooks
 
     def on_fit_start(self) -> None:
+        self._lift_loop_check_silence()
         self._log.begin("fit")
         self._router, self._checked_alternation = None, False  # this fit's optimizers
         self._check_restored_routes()
