@@ -1,6 +1,7 @@
-"""Static weights, uncertainty weighting, DWA, GradNorm and UPGrad on one 3-task problem.
+"""Static weights, uncertainty weighting, DWA, GradNorm, UPGrad, FAMO and IMTL-L on one 3-task
+problem.
 
-    python examples/multitask_weighting.py          # ~20 s on a laptop CPU
+    python examples/multitask_weighting.py          # EXAMPLE_TIME
 
 Three tasks share a narrow trunk (16 -> 8 features) and pull it different ways: ``big`` is a
 regression whose loss is ~100x the others', ``anti`` regresses a target partly opposite to
@@ -12,6 +13,7 @@ the time per training step. The strategy is one constructor argument:
     MultiTask(weighting=DynamicWeightAverage(TASKS, temperature=2.0))
     MultiTask(weighting=GradNorm(TASKS, shared="trunk", alpha=1.5))
     MultiTask(aggregator=UPGrad())                     # needs torchjd (the `jd` extra)
+    MultiTask(weighting=torchjd.scalarization.FAMO(3))  # any torchjd scalarizer, as it is
 """
 
 from __future__ import annotations
@@ -94,10 +96,15 @@ def strategies() -> dict[str, dict[str, Any]]:
     }
     try:
         from torchjd.aggregation import UPGrad
+        from torchjd.scalarization import FAMO, IMTLL
     except ImportError:
-        print("torchjd is not installed (pip install 'lightning_losses[jd]'): skipping UPGrad")
+        print("torchjd is not installed (pip install 'lightning_losses[jd]'): skipping its rows")
     else:
         chosen["UPGrad"] = {"aggregator": UPGrad()}
+        # torchjd's scalarizers pass straight in: the library pools them over DDP ranks and
+        # calls FAMO's update after each step with the batch's recomputed losses
+        chosen["FAMO (torchjd)"] = {"weighting": FAMO(len(TASKS))}
+        chosen["IMTL-L (torchjd)"] = {"weighting": IMTLL(len(TASKS))}
     return chosen
 
 

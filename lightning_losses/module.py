@@ -51,6 +51,7 @@ from lightning_losses.terms import (
     parse_output,
 )
 from lightning_losses.tracking import Reduced, accumulator_dtype
+from lightning_losses.weighting.scalarizer import ScalarizerWeighting, is_scalarizer
 from lightning_losses.weights import LossWeights, WeightValue
 
 Stage = Literal["train", "val", "test"]
@@ -164,6 +165,10 @@ class LossDictModule(pl.LightningModule):
             raise TypeError(f"model is {describe(model)}; expected an nn.Module or None")
         if weighting is not None and not isinstance(weighting, nn.Module):
             raise TypeError(f"weighting is {describe(weighting)}; expected an nn.Module or None")
+        if weighting is not None and is_scalarizer(
+            weighting
+        ):  # torchjd's FAMO, IMTLL, UW, DWA, ...
+            weighting = ScalarizerWeighting(weighting)
         if aggregator is not None and not callable(aggregator):
             raise TypeError(
                 f"aggregator is {describe(aggregator)}; expected a callable [K, P] -> [P] such as "
@@ -237,6 +242,7 @@ class LossDictModule(pl.LightningModule):
         self._router: routing.Router | None = None
         self._checked_alternation = False
         self._epoch_just_ended = False
+        self._step_at_batch_start = 0
         self._restored_route_steps: dict[str, int] | None = None
         self._default_prog_bar = tuple(prog_bar) == (TOTAL,)
         #: route_mode="sequential": each name's value from the pass that logs it (see _pend).
@@ -759,6 +765,8 @@ class LossDictModule(pl.LightningModule):
 
     def _nothing_to_learn(self, skipped: bool = False) -> StepOutput:
         """What a training step returns when it has no loss (``None``) or must not update."""
+        if isinstance(self.weighting, ScalarizerWeighting) and not skipped:
+            self.weighting.absent(self.device)  # the other ranks pool their terms: join, raise
         if skipped:
             # Cancels the whole optimizer step this batch belongs to (also with accumulation).
             self._drop_gradients = True
@@ -884,6 +892,7 @@ class LossDictModule(pl.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._epoch_just_ended = False
+        self._step_at_batch_start = self.trainer.global_step
         context.open_step(self, fresh=True)
         self._begin_routed_batch()
 
@@ -897,6 +906,31 @@ class LossDictModule(pl.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         context.close(self)  # a step that never reached total_loss keeps nothing
+        weighting = self.weighting
+        if (
+            isinstance(weighting, ScalarizerWeighting)
+            and weighting.needs_after_step
+            and self.trainer.global_step > self._step_at_batch_start  # an optimizer step ran
+        ):
+            self._after_step(weighting, batch)
+
+    def _after_step(self, weighting: ScalarizerWeighting, batch: Any) -> None:
+        """FAMO's update: the batch's losses recomputed after the model's step (a forward
+        without gradients, in the mode training runs in)."""
+        with torch.no_grad():
+            context.open_step(self, fresh=True)
+            try:
+                output = self(batch)
+                collected = context.drain(self)
+            finally:
+                context.close(self)
+        if collected is not None:
+            output = context.merge(output, collected)
+        parsed = parse_output(output, self._select, "train")
+        if parsed is None or not parsed.terms:
+            weighting.absent(self.device)
+            return
+        weighting.after_step(_stack_terms(parsed.terms), tuple(parsed.terms))
 
     def on_validation_batch_end(
         self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0

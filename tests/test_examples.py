@@ -104,7 +104,10 @@ def test_weighting_comparison_prints_a_row_per_strategy(tmp_path):
     out = run("multitask_weighting.py", "--epochs", "2", cwd=tmp_path)
     rows = [line for line in out.splitlines() if line.startswith("| ") and "strategy" not in line]
     names = [row.split("|")[1].strip() for row in rows]
-    assert names == ["static (all 1)", "uncertainty", "DWA (T=2)", "GradNorm (a=1.5)", "UPGrad"]
+    assert names == [
+        "static (all 1)", "uncertainty", "DWA (T=2)", "GradNorm (a=1.5)", "UPGrad",
+        "FAMO (torchjd)", "IMTL-L (torchjd)",
+    ]  # fmt: skip
     for row in rows:
         cells = [float(c) for c in row.split("|")[2:-1]]
         assert len(cells) == 4 and all(math.isfinite(c) and c > 0 for c in cells), row

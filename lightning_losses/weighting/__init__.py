@@ -8,6 +8,14 @@ checkpoints; under DDP they stay identical on every rank.
 from lightning_losses.weighting.base import PerTerm, Weighting
 from lightning_losses.weighting.dwa import DynamicWeightAverage
 from lightning_losses.weighting.gradnorm import GradNorm
+from lightning_losses.weighting.scalarizer import ScalarizerWeighting
 from lightning_losses.weighting.uncertainty import UncertaintyWeighting
 
-__all__ = ["DynamicWeightAverage", "GradNorm", "PerTerm", "UncertaintyWeighting", "Weighting"]
+__all__ = [
+    "DynamicWeightAverage",
+    "GradNorm",
+    "PerTerm",
+    "ScalarizerWeighting",
+    "UncertaintyWeighting",
+    "Weighting",
+]
