@@ -329,6 +329,14 @@ class HandSynced(PlainManyTerms):
         return terms.sum()
 
 
+def scalarizer_data() -> TensorDataset:
+    g = torch.Generator().manual_seed(7)
+    return TensorDataset(
+        torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g),
+        torch.randn(32, generator=g),
+    )  # fmt: skip
+
+
 def regression_data() -> DataLoader:
     g = torch.Generator().manual_seed(3)
     x = torch.randn(16, 3, generator=g)
@@ -405,6 +413,16 @@ def scenario(name: str) -> tuple[L.LightningModule, dict[str, Any], dict[str, An
             module,
             dict(train_dataloaders=DataLoader(data, batch_size=4)),
             dict(max_epochs=2, strategy=DDPStrategy()),  # the default: no find_unused_parameters
+        )
+    if name in ("famo", "imtll"):
+        from test_scalarizers import TwoTasks
+        from torchjd.scalarization import FAMO, IMTLL
+
+        module = TwoTasks(weighting=FAMO(2) if name == "famo" else IMTLL(2))
+        return (
+            module,
+            dict(train_dataloaders=DataLoader(scalarizer_data(), batch_size=4)),
+            dict(max_epochs=1),
         )
     if name == "add_loss":
         return (

@@ -467,3 +467,41 @@ def test_a_sequential_gan_under_ddp_equals_a_single_process_replay(tmp_path):
     # each route's gradient is synchronised once per route step: one bucket all-reduce per pass
     for rank in ranks:
         assert rank["extra"]["allreduces"] == 2 * 4
+
+
+@pytest.mark.parametrize("method", ["famo", "imtll"])
+def test_torchjd_scalarizers_under_ddp_equal_a_single_process_replay_on_the_pooled_batch(
+    tmp_path, method
+):
+    # Each rank scalarizes at the loss values pooled over ranks, so DDP's average of the ranks'
+    # gradients is the single-process gradient on the two ranks' batches together; FAMO's update
+    # sees the pooled recomputed losses, so its logits stay identical on both ranks.
+    from ddp_job import scalarizer_data
+    from test_scalarizers import TwoTasks, losses
+    from torchjd.scalarization import FAMO, IMTLL
+
+    ranks = run_job(method, tmp_path)
+    assert [r["exception"] for r in ranks] == [None, None]
+    assert ranks[0]["params"] == ranks[1]["params"]  # replicas (and the scalarizer) identical
+
+    data = scalarizer_data()
+    sampler = [
+        DistributedSampler(range(32), num_replicas=2, rank=r, shuffle=True, seed=0) for r in (0, 1)
+    ]
+    order = [list(s) for s in sampler]
+    scalarizer = FAMO(2) if method == "famo" else IMTLL(2)
+    net = TwoTasks()
+    optimizer = torch.optim.SGD([*net.parameters(), *scalarizer.parameters()], lr=0.1)
+    for start in range(0, 16, 4):
+        pooled = [i for idx in order for i in idx[start : start + 4]]
+        batch = tuple(t[pooled] for t in data.tensors)
+        optimizer.zero_grad()
+        scalarizer(torch.stack(list(losses(net, batch).values()))).backward()
+        optimizer.step()
+        if method == "famo":
+            with torch.no_grad():
+                scalarizer.update(torch.stack(list(losses(net, batch).values())))
+    expected = torch.cat(
+        [p.detach().flatten() for p in (*scalarizer.parameters(), *net.parameters())]
+    )
+    assert torch.allclose(torch.tensor(ranks[0]["params"]), expected, rtol=1e-5, atol=1e-6)

@@ -61,6 +61,16 @@ class ScalarizerWeighting(Weighting):
                 "such as FAMO(3)"
             )
         self.scalarizer = scalarizer
+        # Parameters the scalarizer learns by itself (FAMO's logits, stepped by its own Adam in
+        # update) get no gradient from the loss: frozen outside update, so that neither DDP (no
+        # find_unused_parameters) nor the model's optimizer ever counts them.
+        self._self_learned = (
+            [p for p in scalarizer.parameters() if p.requires_grad]
+            if callable(getattr(scalarizer, "update", None))
+            else []
+        )
+        for parameter in self._self_learned:
+            parameter.requires_grad_(False)
         self.terms: tuple[str, ...] | None = None if terms is None else tuple(terms)
         self._order: dict[tuple[str, ...], Tensor] = {}
         self._objective: Tensor | None = None
@@ -94,7 +104,14 @@ class ScalarizerWeighting(Weighting):
         if update is None:
             return
         order = self._positions(names, losses.device)
-        update(self._pool(losses.detach()[order].to(torch.float32)))
+        pooled = self._pool(losses.detach()[order].to(torch.float32))
+        for parameter in self._self_learned:
+            parameter.requires_grad_(True)
+        try:
+            update(pooled)
+        finally:
+            for parameter in self._self_learned:
+                parameter.requires_grad_(False)
 
     @property
     def needs_after_step(self) -> bool:
