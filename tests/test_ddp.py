@@ -305,7 +305,7 @@ def test_gradient_diagnostics_under_ddp_are_rank_means_and_leave_training_unchan
     for write, first in ((1, 0), (3, 4)):  # a window is 2 steps x 2 ranks
         window = seen[first : first + 4]
         means = [statistics.fmean(column) for column in zip(*window)]
-        names = ["grad_norm/t0", "grad_norm/t1", "grad_cos/t0|t1"]
+        names = ["grad_norm/t0", "grad_norm/t1", "grad_cos/t0_vs_t1"]
         assert [logged[write][n] for n in names] == pytest.approx(means, rel=1e-5)
 
 
