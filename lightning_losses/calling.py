@@ -36,14 +36,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_losses.cache import BoundedCache
-
 CallMode = Literal["auto", "batch", "positional", "keyword"]
 #: ``call=`` as users give it: a mode, or ``(model, batch) -> output``.
 Call = CallMode | Callable[[nn.Module, Any], Any]
 CALL_MODES = ("auto", "batch", "positional", "keyword")
 
 _PASS_WHOLE = "batch"
+_DECISIONS_LIMIT = 256
 
 
 def check_call(call: Any) -> None:
@@ -66,7 +65,7 @@ class ModelCall:
     def __init__(self, call: Call = "auto") -> None:
         check_call(call)
         self.call = call
-        self._decisions: BoundedCache[tuple[Any, ...], str] = BoundedCache()
+        self._decisions: dict[tuple[Any, ...], str] = {}
 
     def __call__(self, model: nn.Module, batch: Any) -> Any:
         call = self.call
@@ -94,13 +93,25 @@ class ModelCall:
             raise
 
     def _decide(self, model: nn.Module, batch: Any) -> str:
-        if isinstance(batch, Tensor) or not isinstance(batch, (Mapping, tuple, list)):
+        # Once per step: exact type checks first (tuples and lists are the common batches), a
+        # plain dict lookup, the ABC check only for the rest.
+        kind = type(batch)
+        if kind is tuple or kind is list:
+            key: tuple[Any, ...] = (type(model), kind, len(batch))
+        elif isinstance(batch, Tensor):
             return _PASS_WHOLE
-        key = _structure_key(model, batch)
+        elif isinstance(batch, Mapping):
+            key = (type(model), kind, tuple(batch))
+        elif isinstance(batch, (tuple, list)):
+            key = (type(model), kind, len(batch))
+        else:
+            return _PASS_WHOLE
         how = self._decisions.get(key)
         if how is None:
             how = decide(model, batch)
-            self._decisions.put(key, how)
+            if len(self._decisions) >= _DECISIONS_LIMIT:  # a model inventing batch keys forever
+                self._decisions.clear()
+            self._decisions[key] = how
             if how != _PASS_WHOLE:
                 rank_zero_info(
                     f"LossDictModule calls {_forward_name(model)}{_spelled(how)} for a batch that "
@@ -173,12 +184,6 @@ def describe_batch(batch: Any, depth: int = 2) -> str:
         parts = ", ".join(describe_batch(item, depth - 1) for item in batch[:4])
         return f"{head} ({parts}{', ...' if len(batch) > 4 else ''})"
     return f"a {type(batch).__name__}"
-
-
-def _structure_key(model: nn.Module, batch: Any) -> tuple[Any, ...]:
-    if isinstance(batch, Mapping):
-        return (id(type(model)), type(batch), tuple(batch))
-    return (id(type(model)), type(batch), len(batch))
 
 
 def _signature(model: nn.Module) -> inspect.Signature | None:

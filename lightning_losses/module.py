@@ -241,6 +241,7 @@ class LossDictModule(pl.LightningModule):
         self._summarized: set[str] = set()
         self._router: routing.Router | None = None
         self._checked_alternation = False
+        self._single_optimizer = False
         self._epoch_just_ended = False
         self._step_at_batch_start = 0
         self._restored_route_steps: dict[str, int] | None = None
@@ -270,6 +271,9 @@ class LossDictModule(pl.LightningModule):
 
     @property
     def trainer(self) -> pl.Trainer:
+        trainer = self._trainer
+        if trainer is not None and self._fabric is None:  # the common case, read every step
+            return trainer
         return pl.LightningModule.trainer.fget(self)  # type: ignore[attr-defined]
 
     @trainer.setter
@@ -523,8 +527,11 @@ class LossDictModule(pl.LightningModule):
 
     def _begin_routed_batch(self) -> None:
         """Set which routes step at this batch (turns follow ``global_step``)."""
+        if self._single_optimizer:
+            return  # this fit has one optimizer: nothing to route (checked at its first batch)
         router = self._route_for_step()
         if router is None:
+            self._single_optimizer = True
             if self.route_mode == "sequential":
                 raise ValueError(
                     "route_mode='sequential' steps per-key optimizers one after another, but "
@@ -830,6 +837,7 @@ class LossDictModule(pl.LightningModule):
         self._lift_loop_check_silence()
         self._log.begin("fit")
         self._router, self._checked_alternation = None, False  # this fit's optimizers
+        self._single_optimizer = False
         self._check_restored_routes()
 
     def on_train_epoch_end(self) -> None:
@@ -892,7 +900,8 @@ class LossDictModule(pl.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._epoch_just_ended = False
-        self._step_at_batch_start = self.trainer.global_step
+        if isinstance(self.weighting, ScalarizerWeighting):  # FAMO: did this batch step?
+            self._step_at_batch_start = self.trainer.global_step
         context.open_step(self, fresh=True)
         self._begin_routed_batch()
 
@@ -1026,6 +1035,8 @@ class LossDictModule(pl.LightningModule):
         return routing.parse_route_map(config, self)
 
     def _route_for_step(self) -> routing.Router | None:
+        if self._single_optimizer:
+            return None
         if self._router is None and self._trainer_attached():
             composite = routing.routed_optimizer(self.trainer.optimizers)
             if composite is not None:
@@ -1041,6 +1052,8 @@ class LossDictModule(pl.LightningModule):
         # With per-key optimizers each route optimizer is clipped on its own parameters.
         composite = routing.routed_optimizer([optimizer])
         if composite is None:
+            if gradient_clip_val is None:
+                return  # nothing to clip (Lightning's own hook would validate, then do nothing)
             super().configure_gradient_clipping(
                 optimizer, gradient_clip_val, gradient_clip_algorithm
             )
