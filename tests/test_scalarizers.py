@@ -137,3 +137,22 @@ def test_dwa_from_torchjd_rolls_its_epochs():
     assert len(module.weighting.scalarizer._previous_averages) == 2
     model_copy = copy.deepcopy(module.weighting.scalarizer._previous_averages)
     assert all(torch.isfinite(t).all() for t in model_copy)
+
+
+def test_validation_with_a_scalarizer_neither_crashes_nor_advances_its_state():
+    data = multitask_data(n=32)
+    # before any fit, and inside Lightning's inference mode: the weights of val/loss
+    uw = TwoTasks(weighting=scalarization.UW(2))
+    (result,) = make_trainer().validate(uw, data, verbose=False)
+    assert result["val/loss"] == pytest.approx(0.5 * (result["val/seg"] + result["val/depth"]))
+    # DWA's epoch history counts training batches only, with or without validation
+    with_val, without_val = (TwoTasks(weighting=scalarization.DWA()) for _ in range(2))
+    make_trainer(max_epochs=3).fit(with_val, data, multitask_data(n=16, seed=1))
+    make_trainer(max_epochs=3).fit(without_val, data)
+    for a, b in zip(
+        with_val.weighting.scalarizer._previous_averages,
+        without_val.weighting.scalarizer._previous_averages,
+    ):
+        assert torch.equal(a, b)
+    for a, b in zip(with_val.parameters(), without_val.parameters()):
+        assert torch.equal(a, b)

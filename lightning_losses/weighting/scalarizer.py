@@ -80,10 +80,19 @@ class ScalarizerWeighting(Weighting):
     def forward(self, losses: Tensor, names: tuple[str, ...]) -> Tensor:
         order = self._positions(names, losses.device)
         pooled = self._pool(losses.detach()[order].to(torch.float32))
-        with torch.enable_grad():
+        # Evaluation (no gradients, Lightning's inference mode) asks for the weights too, for
+        # val/loss: they are computed the same way, but must not advance a stateful
+        # scalarizer (DWA would count validation batches into its training epoch).
+        evaluating = not torch.is_grad_enabled()
+        saved = self._snapshot() if evaluating else None
+        with torch.inference_mode(False), torch.enable_grad():
             point = pooled.clone().requires_grad_(True)
             objective = self.scalarizer(point)
-            (weights,) = torch.autograd.grad(objective, point, retain_graph=True)
+            (weights,) = torch.autograd.grad(objective, point, retain_graph=not evaluating)
+        if saved is not None:
+            for name, value in saved.items():
+                setattr(self.scalarizer, name, value)
+            objective = objective.detach()
         self._objective, self._pooled, self._weights = objective, pooled, weights
         # back in the step's order of terms
         unordered = torch.empty_like(weights)
@@ -161,6 +170,10 @@ class ScalarizerWeighting(Weighting):
         order = torch.tensor([names.index(t) for t in self.terms], device=device)
         self._order[names] = order
         return order
+
+    def _snapshot(self) -> dict[str, Any]:
+        names = ("_prev_losses", *self._EXTRA)
+        return {n: getattr(self.scalarizer, n) for n in names if hasattr(self.scalarizer, n)}
 
     # State torchjd keeps outside parameters and buffers (its private attributes, read where
     # present): without it a resumed FAMO or DWA would restart its inner state.
