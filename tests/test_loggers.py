@@ -3,34 +3,22 @@
 from __future__ import annotations
 
 import pytest
-import torch
-import torch.nn.functional as F
-from conftest import make_trainer, multitask_data
-from torch import nn
-
-from lightning_losses import LossDictModule
+from conftest import MultiTask, make_trainer, multitask_data
 
 mlflow = pytest.importorskip("mlflow")
 
 
-class Named(LossDictModule):
+class Named(MultiTask):
+    """conftest's two heads, a third term of a given name, diagnostics and a weight."""
+
     def __init__(self, third: str = "aux", **options) -> None:
         super().__init__(grad_diagnostics_every_n_steps=2, loss_weights={"depth": 0.5}, **options)
-        torch.manual_seed(0)
-        self.trunk, self.seg, self.depth = nn.Linear(6, 8), nn.Linear(8, 3), nn.Linear(8, 1)
         self.third = third
 
     def forward(self, batch):
-        x, y_seg, y_depth = batch
-        h = self.trunk(x).relu()
-        return {
-            "seg": F.cross_entropy(self.seg(h), y_seg),
-            "depth": F.mse_loss(self.depth(h).squeeze(-1), y_depth),
-            self.third: self.depth(h).pow(2).mean(),
-        }
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+        out = self.losses(batch)
+        out[self.third] = self.depth(self.trunk(batch[0]).relu()).pow(2).mean()
+        return out
 
 
 @pytest.fixture

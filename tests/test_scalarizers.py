@@ -6,36 +6,19 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import MemoryLogger, make_trainer, multitask_data
-from torch import nn
+from conftest import MemoryLogger, MultiTask, make_trainer, multitask_data
 
-from lightning_losses import LossDictModule
 from lightning_losses.weighting import ScalarizerWeighting
 
 scalarization = pytest.importorskip("torchjd.scalarization")
 
 
-class TwoTasks(LossDictModule):
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        torch.manual_seed(0)
-        self.trunk, self.seg, self.depth = nn.Linear(6, 8), nn.Linear(8, 3), nn.Linear(8, 1)
-
-    def forward(self, batch):
-        return losses(self, batch)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+class TwoTasks(MultiTask):
+    """conftest's two-head model (SGD, lr 0.1, over every parameter, the strategy's included)."""
 
 
 def losses(net, batch) -> dict[str, torch.Tensor]:
-    x, y_seg, y_depth = batch
-    h = net.trunk(x).relu()
-    return {
-        "seg": F.cross_entropy(net.seg(h), y_seg),
-        "depth": F.mse_loss(net.depth(h).squeeze(-1), y_depth),
-    }
+    return MultiTask.losses(net, batch)
 
 
 def plain_loop(scalarizer, batches, stateful: bool):
