@@ -124,17 +124,13 @@ def panels(
             base = term.removesuffix("_epoch")
             panel = f"metric: {base}" if kinds.get(base) == "metric" else base
             grouped[panel][f"{prefix}{stage}{' (epoch)' if epoch else ''}"] = points
+    return {key: grouped[key] for key in sorted(grouped, key=_panel_order)}
+
+
+def _panel_order(key: str) -> tuple[Any, ...]:
+    """The total first, then losses, then metrics, then the shared panels in their order."""
     last = list(SHARED_PANELS.values())
-
-    def rank(key: str) -> tuple[Any, ...]:
-        return (
-            key != "loss",
-            last.index(key) if key in last else -1,
-            key.startswith("metric: "),
-            key,
-        )
-
-    return {key: grouped[key] for key in sorted(grouped, key=rank)}
+    return (key != "loss", last.index(key) if key in last else -1, key.startswith("metric: "), key)
 
 
 def merge_panels(
@@ -145,19 +141,7 @@ def merge_panels(
     for groups in runs.values():
         for panel, curves in groups.items():
             merged.setdefault(panel, {}).update(curves)
-    last = list(SHARED_PANELS.values())
-    return {
-        key: merged[key]
-        for key in sorted(
-            merged,
-            key=lambda k: (
-                k != "loss",
-                last.index(k) if k in last else -1,
-                k.startswith("metric: "),
-                k,
-            ),
-        )
-    }
+    return {key: merged[key] for key in sorted(merged, key=_panel_order)}
 
 
 def _log_scale(curves: dict[str, list[tuple[int, float]]], mode: str) -> bool:
