@@ -14,6 +14,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+# ``load_from_checkpoint`` is a classmethod that Lightning refuses to run on an instance; its own
+# decorator for that is private, and our override must keep the same behaviour.
+from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
+
+restricted_classmethod = _restricted_classmethod
+
 
 def writes_step_metrics(trainer: pl.Trainer) -> bool:
     """Whether Lightning writes step-level metrics to the loggers after the current batch.
@@ -98,14 +104,13 @@ def running(trainer: pl.Trainer) -> str:
     return fn.value if fn is not None else ""
 
 
-def current_dataloader_idx(module: pl.LightningModule) -> int:
+def current_dataloader_idx(trainer: pl.Trainer | None) -> int:
     """The index of the evaluation loader whose batch is being run, for a ``total_loss`` call
     from a user's own ``validation_step`` that does not pass it.
 
     Lightning keeps it on the result collection (``on_batch_start``), where ``self.log`` reads it
     to add the ``/dataloader_idx_<i>`` suffix; it is ``None`` with one loader.
     """
-    trainer = module._trainer
     results = getattr(trainer, "_results", None) if trainer is not None else None
     index = getattr(results, "dataloader_idx", None)
     return int(index) if index is not None else 0
@@ -157,3 +162,51 @@ def unquiet(entry: Any) -> None:
         mutated = getattr(warnings, "_filters_mutated", None)  # what filterwarnings calls
         if mutated is not None:
             mutated()
+
+
+# ---------------------------------------------------------------- module and trainer internals
+
+
+def trainer_or_none(module: pl.LightningModule) -> pl.Trainer | None:
+    """The attached trainer, or ``None``: read every step, so without the public property's
+    checks (which raise when none is attached and wrap Fabric in a shim)."""
+    return module._trainer
+
+
+def restores_after_setup(trainer: pl.Trainer) -> bool:
+    """Whether the strategy restores the checkpoint after the fit starts (FSDP-like ones do)."""
+    return bool(getattr(trainer.strategy, "restore_checkpoint_after_setup", False))
+
+
+def grad_scaler(trainer: pl.Trainer) -> Any:
+    """The precision plugin's GradScaler (``precision="16-mixed"``), or ``None``."""
+    return getattr(trainer.precision_plugin, "scaler", None)
+
+
+def wandb_prefix(logger: Any) -> str:
+    """The prefix a ``WandbLogger(prefix=...)`` puts before every name it logs (kept private)."""
+    prefix = getattr(logger, "_prefix", "")
+    return f"{prefix}{logger.LOGGER_JOIN_CHAR}" if prefix else ""
+
+
+def saved_hyperparameters(module: Any) -> bool:
+    """Whether ``save_hyperparameters`` ran for ``module`` (Lightning keeps no public flag)."""
+    return hasattr(module, "_hparams_initial")
+
+
+def hparams_of(module: Any) -> Any:
+    """The dict ``module.hparams`` shows, to be edited in place (the property returns it too,
+    but typed as a mapping that may be a copy)."""
+    return module._hparams
+
+
+def set_initial_hparams(module: Any, stored: Any) -> None:
+    """What ``hparams_initial`` and the checkpoint's ``hyper_parameters`` report: Lightning sets it
+    inside ``save_hyperparameters`` from the raw arguments; ours are the plain-value encoding."""
+    module._hparams_initial = stored
+
+
+def hparams_name(module: Any) -> str | None:
+    """How ``save_hyperparameters`` named the arguments it saved (``"kwargs"`` for keyword
+    arguments, else the name of a dict or namespace argument), which rebuilding must follow."""
+    return getattr(module, "_hparams_name", "kwargs")

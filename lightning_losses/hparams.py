@@ -54,6 +54,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from lightning_losses import _lightning
+
 #: Module arguments, rebuilt as instances of their class path.
 INSTANCES: dict[str, tuple[type, ...]] = {
     "model": (nn.Module,),
@@ -161,11 +163,11 @@ def lookup(path: str) -> Any:
 
 def _constructor_arguments(module: nn.Module) -> dict[str, Any] | str:
     """The plain arguments that rebuild ``module``'s structure, or why they are unknown."""
-    if isinstance(module, HyperparametersMixin) and hasattr(module, "_hparams_initial"):
+    if isinstance(module, HyperparametersMixin) and _lightning.saved_hyperparameters(module):
         recorded = _yaml_plain(dict(module.hparams_initial))
         if recorded is _MISSING:
             return "its saved hyperparameters are not all plain values"
-        name = getattr(module, "_hparams_name", "kwargs")
+        name = _lightning.hparams_name(module)
         return recorded if name in (None, "kwargs") else {name: recorded}
     init = type(module).__init__
     try:
@@ -254,12 +256,19 @@ def encode(name: str, value: Any) -> Any:
     return plain if plain is not _MISSING else _not_saved(_describe(value))
 
 
-@functools.cache
+#: ``LossDictModule.__init__``'s signature, handed over by module.py when the class is made (so
+#: that this module, which module.py uses, never imports it back).
+_CONSTRUCTOR: list[inspect.Signature] = []
+
+
+def use_constructor(init: Any) -> None:
+    """Record the constructor whose arguments are saved and rebuilt here."""
+    _CONSTRUCTOR[:] = [inspect.signature(init)]
+
+
 def arguments() -> tuple[str, ...]:
     """The names of ``LossDictModule.__init__``'s arguments."""
-    from lightning_losses.module import LossDictModule
-
-    return tuple(inspect.signature(LossDictModule.__init__).parameters)[1:]
+    return tuple(_CONSTRUCTOR[0].parameters)[1:]
 
 
 def save(module: HyperparametersMixin, cli: bool) -> None:
@@ -275,7 +284,7 @@ def save(module: HyperparametersMixin, cli: bool) -> None:
     # Lightning's: every constructor's arguments in the subclass chain, the outermost winning
     ours, *outer = collect_init_args(frame, [], classes=(HyperparametersMixin,))
     module.save_hyperparameters(ignore=list(INSTANCES), frame=frame)
-    stored = module._hparams
+    stored = _lightning.hparams_of(module)
     supplied = set()
     for name, value in ours.items():
         # what the class being built received (an intermediate class's **kwargs may hold
@@ -291,7 +300,7 @@ def save(module: HyperparametersMixin, cli: bool) -> None:
         candidates = [*received, value] if name in INSTANCES else [value, *received]
         encoded = [encode(name, candidate) for candidate in candidates]
         stored[name] = next((e for e in encoded if not _unsaved_parts(e, name)), encoded[0])
-    module._hparams_initial = copy.deepcopy(stored)  # type: ignore[attr-defined]
+    _lightning.set_initial_hparams(module, copy.deepcopy(stored))
     module._hparams_from_subclass = frozenset(supplied)  # type: ignore[attr-defined]
 
 
@@ -358,8 +367,6 @@ def from_checkpoint(
     :func:`load_arguments` from the checkpoint's hyperparameters (read with ``weights_only=True``)
     or from ``hparams_file``."""
     from lightning.pytorch.core.saving import load_hparams_from_yaml
-
-    from lightning_losses import _lightning
 
     if hparams_file is not None and str(hparams_file).lower().endswith((".yaml", ".yml")):
         stored = load_hparams_from_yaml(hparams_file)
@@ -454,9 +461,7 @@ def _decode(owner: str, name: str, value: Any) -> Any:
         return {k: v for k, v in value.items() if k not in dropped}
     if is_not_saved(value):
         _warn_dropped(owner, name, str(value[NOT_SAVED]), f"uses the default {name}")
-        from lightning_losses.module import LossDictModule
-
-        return inspect.signature(LossDictModule.__init__).parameters[name].default
+        return _CONSTRUCTOR[0].parameters[name].default
     return value
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 
 from torch import Tensor, nn
 
+from lightning_losses.cache import BoundedCache
 from lightning_losses.routing import reached_parameters
 from lightning_losses.terms import describe
 
@@ -48,7 +49,7 @@ class SharedParameters:
     def __init__(self, prefixes: Prefixes, option: str = "shared_parameters") -> None:
         self.option = option
         self.prefixes = as_prefixes(prefixes, option)
-        self._cache: dict[tuple[str, ...], list[nn.Parameter]] = {}
+        self._cache: BoundedCache[tuple[str, ...], list[nn.Parameter]] = BoundedCache()
 
     def __call__(
         self, module: nn.Module, terms: tuple[str, ...], losses: Sequence[Tensor]
@@ -57,12 +58,12 @@ class SharedParameters:
         if params is None:
             if self.prefixes:
                 params = named(module, self.prefixes, self.option)
-                self._cache[()] = params
+                self._cache.put((), params)
             else:
                 reach = [reached_parameters(loss) for loss in losses]
                 trainable = [p for p in module.parameters() if p.requires_grad]
                 params = [p for p in trainable if sum(id(p) in r for r in reach) >= 2]
-                self._cache[terms] = params
+                self._cache.put(terms, params)
         return params
 
 

@@ -37,15 +37,15 @@ def test_example_config_fits_and_its_checkpoint_loads_without_arguments(tmp_path
     assert type(optimizer) is torch.optim.AdamW
     assert optimizer.defaults["lr"] == 0.003 and optimizer.defaults["weight_decay"] == 0.01
     assert type(trainer.lr_scheduler_configs[0].scheduler).__name__ == "StepLR"
-    assert module._weights.resolve("depth") == 0.25 and module.nonfinite == "skip"
-    assert module._select("seg") and not module._select("acc")
+    assert module.loss_weights.get("depth", 1.0) == 0.25 and module.nonfinite == "skip"
+    assert module._lifecycle.select("seg") and not module._lifecycle.select("acc")
     assert {"grad_norm/seg", "grad_cos/seg_vs_depth"} <= set(trainer.callback_metrics)
     assert module.weighting.terms == ("seg", "depth")
     assert "weight/seg" in trainer.callback_metrics
 
     [last] = Path(tmp_path).rglob("last.ckpt")
     loaded = MultiTask.load_from_checkpoint(last)
-    assert loaded._weights.resolve("depth") == 0.25 and loaded.nonfinite == "skip"
+    assert loaded.loss_weights.get("depth", 1.0) == 0.25 and loaded.nonfinite == "skip"
     assert type(loaded.weighting).__name__ == "UncertaintyWeighting"
     assert type(loaded.optimizer_factory(loaded.parameters())) is torch.optim.AdamW
     for (name, p), q in zip(module.state_dict().items(), loaded.state_dict().values()):
