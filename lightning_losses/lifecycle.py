@@ -44,7 +44,7 @@ from lightning_losses.guards import (
     zero_through_parameters,
 )
 from lightning_losses.recorder import Recorder, skipped_steps_metric, warn_untrained_eval
-from lightning_losses.routing_session import RouteMode, RoutingSession, is_routed
+from lightning_losses.routing.session import RouteMode, RoutingSession, is_routed
 from lightning_losses.shared import SharedParameters
 from lightning_losses.terms import (
     KeySelector,

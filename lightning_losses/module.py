@@ -21,7 +21,7 @@ from lightning_losses import _lightning, evaluation, hparams, overrides, routing
 from lightning_losses.calling import Call
 from lightning_losses.guards import NonFinite
 from lightning_losses.lifecycle import Lifecycle, StepOutput, check_arguments
-from lightning_losses.routing_session import RouteMode, translate
+from lightning_losses.routing.session import RouteMode, translate
 from lightning_losses.terms import TOTAL, LossKeys, describe
 from lightning_losses.weights import WeightValue
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
@@ -195,7 +196,8 @@ class _RoutePlateau(ReduceLROnPlateau):
 
 def routed_optimizer(optimizers: Iterable[Any]) -> RoutedOptimizer | None:
     for optimizer in optimizers:
-        inner = getattr(optimizer, "_optimizer", optimizer)  # LightningOptimizer wraps it
+        # Lightning hands hooks its LightningOptimizer wrapper; .optimizer is the one inside
+        inner = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
         if isinstance(inner, RoutedOptimizer):
             return inner
     return None

@@ -16,7 +16,11 @@ from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_losses import _lightning, routing
+from lightning_losses import _lightning
+from lightning_losses.routing.config import is_route_map, parse_route_map
+from lightning_losses.routing.optimizer import RoutedOptimizer, routed_optimizer
+from lightning_losses.routing.route import EVERY_ROUTE, Route, route_name
+from lightning_losses.routing.router import Router
 from lightning_losses.terms import TOTAL, ParsedOutput
 
 RouteMode = Literal["joint", "sequential"]
@@ -37,7 +41,7 @@ class RoutingSession:
     def __init__(self, route_mode: RouteMode) -> None:
         check_route_mode(route_mode)
         self.route_mode = route_mode
-        self.router: routing.Router | None = None
+        self.router: Router | None = None
         #: This fit has one optimizer: nothing to route (found at its first batch).
         self.single_optimizer = False
         self._checked_alternation = False
@@ -52,13 +56,13 @@ class RoutingSession:
         self.router, self._checked_alternation, self.single_optimizer = None, False, False
         self._pending_terms, self._pending_metrics = {}, {}
 
-    def router_for_step(self, trainer: pl.Trainer | None) -> routing.Router | None:
+    def router_for_step(self, trainer: pl.Trainer | None) -> Router | None:
         if self.single_optimizer:
             return None
         if self.router is None and trainer is not None:
-            composite = routing.routed_optimizer(trainer.optimizers)
+            composite = routed_optimizer(trainer.optimizers)
             if composite is not None:
-                self.router = routing.Router(composite)
+                self.router = Router(composite)
         return self.router
 
     def begin_batch(self, trainer: pl.Trainer, combines_terms: str | None) -> bool:
@@ -80,7 +84,7 @@ class RoutingSession:
         composite = router.optimizer
         if self.restored_route_steps:  # a resumed run: what each route's scheduler follows
             for route in composite.optimizers:
-                name = routing.route_name(route)
+                name = route_name(route)
                 composite.steps_taken[route] = int(self.restored_route_steps.get(name, 0))
             self.restored_route_steps = None
         composite.sequential = self.route_mode == "sequential"
@@ -118,7 +122,7 @@ class RoutingSession:
 
     # ------------------------------------------------------------------ sequential passes
 
-    def sequential_pass(self) -> routing.Route | None:
+    def sequential_pass(self) -> Route | None:
         """The route whose pass is running (``route_mode="sequential"``, training), else None."""
         router = self.router
         return None if router is None else router.optimizer.current
@@ -157,7 +161,7 @@ class RoutingSession:
 
     def objective(
         self,
-        router: routing.Router,
+        router: Router,
         names: tuple[str, ...],
         terms: list[Tensor],
         weighted: Tensor,
@@ -178,16 +182,16 @@ class RoutingSession:
         if router is None:
             if trainer is not None and not trainer.training:
                 # validate()/test() before any fit: the routes are unknown, and all of them count
-                return routing.EVERY_ROUTE
+                return EVERY_ROUTE
             return frozenset({TOTAL})
         if trainer.training:  # type: ignore[union-attr]
-            return frozenset(routing.route_name(r) for r in router.stepping())
+            return frozenset(route_name(r) for r in router.stepping())
         return frozenset(router.route_names())
 
     def clip(
         self,
         module: pl.LightningModule,
-        composite: routing.RoutedOptimizer,
+        composite: RoutedOptimizer,
         gradient_clip_val: float | None,
         gradient_clip_algorithm: str | None,
     ) -> None:
@@ -216,9 +220,7 @@ class RoutingSession:
             return {"routes": None, "route_steps": None}
         return {
             "routes": router.route_names(),
-            "route_steps": {
-                routing.route_name(r): n for r, n in router.optimizer.steps_taken.items()
-            },
+            "route_steps": {route_name(r): n for r, n in router.optimizer.steps_taken.items()},
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -260,10 +262,10 @@ class RoutingSession:
 def translate(config: Any, module: Any) -> Any:
     """What ``configure_optimizers`` returned, with a route map made one ``RoutedOptimizer``
     that Lightning accepts (anything else as it is)."""
-    if not routing.is_route_map(config):
+    if not is_route_map(config):
         return config
-    return routing.parse_route_map(config, module)
+    return parse_route_map(config, module)
 
 
-def is_routed(optimizer: Optimizer) -> routing.RoutedOptimizer | None:
-    return routing.routed_optimizer([optimizer])
+def is_routed(optimizer: Optimizer) -> RoutedOptimizer | None:
+    return routed_optimizer([optimizer])
