@@ -210,3 +210,41 @@ def hparams_name(module: Any) -> str | None:
     """How ``save_hyperparameters`` named the arguments it saved (``"kwargs"`` for keyword
     arguments, else the name of a dict or namespace argument), which rebuilding must follow."""
     return getattr(module, "_hparams_name", "kwargs")
+
+
+class StepWrites:
+    """Whether Lightning writes step metrics after the running batch, asked every training step.
+
+    The same rule as :func:`writes_step_metrics`, read from objects looked up once per fit, so
+    the common answer ("no") costs attribute reads only: ``(batches that stepped + 1) %
+    log_every_n_steps``, a stop requested, ``fast_dev_run``; only then, or while accumulating
+    gradients, the full rule.
+    """
+
+    __slots__ = ("_every", "_loop", "_trainer")
+
+    def __init__(self, trainer: pl.Trainer) -> None:
+        self._trainer = trainer
+        self._loop = trainer.fit_loop.epoch_loop
+        self._every = trainer.log_every_n_steps  # type: ignore[attr-defined]  # set in __init__
+
+    def due(self) -> bool:
+        trainer = self._trainer
+        every = self._every
+        if (
+            every
+            and (self._loop._batches_that_stepped + 1) % every
+            and not trainer.should_stop
+            and not trainer.fast_dev_run  # type: ignore[attr-defined]
+        ):
+            return False
+        return writes_step_metrics(trainer)
+
+
+def step_counter(trainer: pl.Trainer) -> Any:
+    """An object whose ``completed`` is ``trainer.global_step`` under automatic optimization
+    (the optimizer-step progress the property reads through three calls), or ``None``."""
+    module = trainer.lightning_module
+    if module is None or not module.automatic_optimization:
+        return None
+    return trainer.fit_loop.epoch_loop.automatic_optimization.optim_progress.optimizer.step.total

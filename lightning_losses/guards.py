@@ -43,7 +43,7 @@ class Guards:
         self.nonfinite = nonfinite
         self._warned_no_grad: set[str] = set()
         #: A skipped step's gradients are dropped before its optimizer step.
-        self._drop_gradients = False
+        self.drop_pending = False
 
     def warn_no_grad(self, terms: dict[str, Tensor]) -> None:
         """One warning per term that cannot train anything (checked when a key set is new)."""
@@ -63,16 +63,16 @@ class Guards:
         alike (one host sync: the decision must come before the optimizer steps)."""
         if not collectives.any_rank(~torch.isfinite(losses.detach()).all()):
             return False
-        self.module.skipped_steps += 1  # type: ignore[operator]
+        self.module.skipped_steps = int(self.module.skipped_steps) + 1  # type: ignore[assignment]
         # Cancels the whole optimizer step this batch belongs to (also with accumulation).
-        self._drop_gradients = True
+        self.drop_pending = True
         return True
 
     def drop_skipped_gradients(self) -> None:
         """Before the optimizer step: a skipped step's parameters keep no gradient (an optimizer
         skips a parameter without one)."""
-        if self._drop_gradients:
-            self._drop_gradients = False
+        if self.drop_pending:
+            self.drop_pending = False
             for param in self.module.parameters():
                 param.grad = None
 

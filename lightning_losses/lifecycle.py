@@ -33,6 +33,7 @@ from lightning_losses import (
     checkpoint_state,
     context,
     evaluation,
+    fastpath,
     hparams,
 )
 from lightning_losses.calling import ModelCall, describe_batch
@@ -59,6 +60,8 @@ from lightning_losses.weighting.scalarizer import ScalarizerWeighting, is_scalar
 from lightning_losses.weights import LossWeights, WeightValue
 
 STAGES = ("train", "val", "test")
+#: What ``_fast_step`` returns when the full path must take the step.
+_FULL_PATH = object()
 StepOutput = Tensor | dict[str, Any] | None
 
 
@@ -132,6 +135,7 @@ class Lifecycle:
         self.select = KeySelector(loss_keys, total_key)
         self.weights = LossWeights(loss_weights)
         self.total = Total(weighting)
+        self._scalarizer = isinstance(weighting, ScalarizerWeighting)
         self.guards = Guards(module, nonfinite)
         self.recorder = Recorder(self.weights, prog_bar)
         self.routing = RoutingSession(route_mode)
@@ -152,6 +156,11 @@ class Lifecycle:
         self._epoch_just_ended = False
         self._step_at_batch_start = 0
         self._quiet: Any = None
+        #: This fit's fast plans (None: every step takes the full path), see on_fit_start.
+        self._fast: Any = None
+        self._trainer: Any = None
+        self._writes: Any = None
+        self._steps: Any = None
 
     @property
     def weighting(self) -> Any:
@@ -170,10 +179,19 @@ class Lifecycle:
         if stage not in STAGES:
             raise ValueError(f"stage={stage!r}; expected one of {', '.join(map(repr, STAGES))}")
         module = self.module
+        collected = context.STEP.get()  # add_loss / add_metric: this step's collection
+        if collected is not None and collected.owner is module:
+            context.STEP.set(None)
+            if collected.losses or collected.metrics:
+                output = context.merge(output, collected)
+        fast = self._fast
+        if fast is not None and stage == "train" and type(output) is dict:
+            plan = fast.get(tuple(output))
+            if plan is not None:
+                result = self._fast_step(plan, output)
+                if result is not _FULL_PATH:
+                    return result
         trainer = _lightning.trainer_or_none(module)
-        collected = context.drain(module)
-        if collected is not None:
-            output = context.merge(output, collected)
         if stage != "train":
             if loader is None:
                 loader = _lightning.current_dataloader_idx(trainer)
@@ -192,6 +210,64 @@ class Lifecycle:
             self._write_window(trainer)
         return result
 
+    def _fast_step(self, fast: fastpath.FastPlan, output: dict[str, Any]) -> Any:
+        """A training step of a key set seen before (see fastpath.py); ``_FULL_PATH`` where the
+        full path must decide (it then explains what is wrong, or handles the exception)."""
+        plan = fast.plan
+        terms = fast.terms(output)
+        weights = fast.weights
+        penalty = None
+        try:
+            if fast.single:
+                losses = None
+                total = terms[0]
+            elif fast.chained:
+                losses = None
+                total = terms[0] + terms[1] if len(terms) == 2 else terms[0] + terms[1] + terms[2]
+            else:
+                losses = torch.stack(terms)
+                if self.total.weighting is not None:
+                    combined = self.total.combine(plan, losses, 0, self.module)
+                    total, weights, penalty = combined.total, combined.weights, combined.penalty
+                elif weights is None:
+                    total = losses.sum()
+                else:
+                    total = torch.dot(losses, weights)
+        except (RuntimeError, TypeError):
+            return _FULL_PATH  # another shape, type or device than the plan's first step
+        if not total.requires_grad:  # the full path says why (or skips the step under DDP)
+            return _FULL_PATH
+        objective = total
+        router = self.routing.router
+        if router is not None:
+            assert losses is not None
+            weighted = losses if weights is None else losses * weights
+            objective = self.routing.objective(router, plan.terms, list(terms), weighted, total)
+            if penalty is not None and objective is not total:
+                objective = objective + penalty
+        log = self.recorder.log
+        steps = self._steps if self.guards.nonfinite == "raise" else None
+        row = log.stage(plan, total.device, None if steps is None else steps.completed)
+        values = (*terms, total) if not plan.sole_total else (total,)
+        if fast.metrics is not None:
+            values += fast.metrics(output)
+        try:
+            fastpath.set_grad_enabled(False)  # (grad is on: total requires grad)
+            torch.stack(values, out=plan.prefix_views[row])
+            if plan.learned_weights:
+                plan.weight_views[row].copy_(weights)  # type: ignore[arg-type]
+        except (RuntimeError, TypeError):
+            log.unstage(plan)
+            return _FULL_PATH
+        finally:
+            fastpath.set_grad_enabled(True)
+        log.session.window_open = True
+        if self._writes.due():
+            self._write_window(self._trainer)
+        if fast.outputs:
+            return {"loss": objective, **{k: output[k] for k in fast.outputs if k != "loss"}}
+        return objective
+
     def _training_step(self, output: Any, batch: Any, trainer: Any, sequential: bool) -> StepOutput:
         parsed = parse_output(output, self.select, "train")
         world_size = trainer.world_size if trainer is not None else 1
@@ -201,7 +277,7 @@ class Lifecycle:
             return self._nothing_to_learn(world_size)
         plan = self.recorder.plan("train", parsed, 0, self.weighting is not None, trainer)
         step = trainer.global_step if trainer is not None else 0
-        combined = self.total.combine(plan, parsed.terms, step, owner=self.module)
+        combined = self.total.combine(plan, stack_terms(parsed.terms), step, owner=self.module)
         guards = self.guards
         guards.warn_no_grad(parsed.terms)
         if guards.nonfinite == "skip" and guards.skip_nonfinite(combined.losses):
@@ -226,6 +302,17 @@ class Lifecycle:
                 step=step,
                 check_nonfinite=guards.nonfinite == "raise",
             )
+            if self._fast is not None and type(output) is dict:
+                fast = fastpath.build(
+                    output, parsed, plan, self.weighting is not None, combined.losses
+                )
+                if fast is not None:
+                    routed = self.routing.router is not None
+                    fast.single, fast.chained = (
+                        fast.single and not routed,
+                        fast.chained and not routed,
+                    )
+                    self._fast.put(tuple(output), fast)
         return step_output(objective, parsed)
 
     def _evaluation_step(
@@ -246,7 +333,7 @@ class Lifecycle:
             warn_untrained_eval(stage, parsed.terms, self._warned_untrained)
         plan = self.recorder.plan(stage, parsed, loader, self.weighting is not None, trainer)
         step = trainer.global_step if trainer is not None else 0
-        combined = self.total.combine(plan, parsed.terms, step)
+        combined = self.total.combine(plan, stack_terms(parsed.terms), step)
         self._record_eval(stage, parsed, combined, batch, loader, trainer, plan)
         return step_output(combined.total, parsed)
 
@@ -274,7 +361,9 @@ class Lifecycle:
             return
         plan = self.recorder.plan("train", parsed, 0, self.weighting is not None, trainer)
         step = trainer.global_step if trainer is not None else 0
-        combined = self.total.combine(plan, parsed.terms, step) if parsed.terms else None
+        combined = (
+            self.total.combine(plan, stack_terms(parsed.terms), step) if parsed.terms else None
+        )
         self.recorder.record(
             "train",
             parsed,
@@ -400,6 +489,10 @@ class Lifecycle:
     def clip(self, optimizer: Optimizer, clip_val: float | None, algorithm: str | None) -> None:
         """``configure_gradient_clipping``: Lightning's clipping, per route with routes."""
         module = self.module
+        if self.routing.single_optimizer:  # known from this fit's first batch
+            if clip_val is not None:
+                module.clip_gradients(optimizer, clip_val, algorithm)
+            return
         composite = is_routed(optimizer)
         if composite is not None:
             self.routing.clip(module, composite, clip_val, algorithm)
@@ -421,35 +514,56 @@ class Lifecycle:
 
     def on_fit_start(self) -> None:
         self.setup("fit")
-        self.recorder.log.begin("fit")
+        trainer = self.module.trainer
+        log = self.recorder.log
+        log.begin("fit")
         self.recorder.summaries.reset()
         self.routing.begin_fit()
-        self.routing.check_restored_routes(self.module.trainer)
+        self.routing.check_restored_routes(trainer)
+        # What this fit's steps look up every time, looked up once (see _fast_step). The fast
+        # path serves the options whose step is a plain function of the terms.
+        self._trainer = trainer
+        self._writes = _lightning.StepWrites(trainer)
+        self._steps = _lightning.step_counter(trainer)
+        eligible = (
+            self._steps is not None  # automatic optimization
+            and self.guards.nonfinite != "skip"  # a host-side decision every step
+            and self.diagnostics is None
+            and self.aggregator is None
+            and self.routing.route_mode == "joint"
+        )
+        self._fast = log.session.fast if eligible else None
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._epoch_just_ended = False
+        # (every training batch: attribute reads and one C call unless something is to do)
         module = self.module
-        trainer = module.trainer
-        if isinstance(self.weighting, ScalarizerWeighting):  # FAMO: did this batch step?
-            self._step_at_batch_start = trainer.global_step
-        context.open_step(module, fresh=True)
-        if self.routing.begin_batch(trainer, self._combines_terms()):
-            router = self.routing.router
+        self._epoch_just_ended = False
+        context.STEP.set(context.Collected(module))  # add_loss / add_metric of this step
+        if self._scalarizer:  # FAMO: did this batch step?
+            self._step_at_batch_start = module.trainer.global_step
+        routing = self.routing
+        if not routing.single_optimizer and routing.begin_batch(
+            module.trainer, self._combines_terms()
+        ):
+            router = routing.router
             assert router is not None
             self.recorder.show_route_losses(router.routes)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        context.close(self.module)  # a step that never reached total_loss keeps nothing
-        weighting = self.weighting
-        if (
-            isinstance(weighting, ScalarizerWeighting)
-            and weighting.needs_after_step
-            and self.module.trainer.global_step > self._step_at_batch_start  # it stepped
-        ):
-            self.after_step(weighting, batch)
+        module = self.module
+        collected = context.STEP.get()
+        if collected is not None and collected.owner is module:
+            context.STEP.set(None)  # a step that never reached total_loss keeps nothing
+        if self._scalarizer:
+            weighting = self.weighting
+            if weighting.needs_after_step and module.trainer.global_step > (
+                self._step_at_batch_start  # an optimizer step ran
+            ):
+                self.after_step(weighting, batch)
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        self.guards.drop_skipped_gradients()
+        if self.guards.drop_pending:
+            self.guards.drop_skipped_gradients()
 
     def on_train_epoch_end(self) -> None:
         module = self.module

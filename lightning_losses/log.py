@@ -30,6 +30,10 @@ from lightning_losses.plan import WEIGHT_PREFIX, StepPlan
 from lightning_losses.tracking import KeyRegistry, MeanAccumulator, Reduced
 from lightning_losses.weights import WeightPlan
 
+#: Staged training steps per plan before they are summed into the window (see plan.py): a
+#: flush every this many steps at most, whatever ``log_every_n_steps`` is.
+STAGED_ROWS = 32
+
 #: Names the library logs itself beside the model's keys (see LossLog.check_names).
 SKIPPED_STEPS = "skipped_steps"
 EPOCH_SUFFIX = "_epoch"
@@ -57,6 +61,10 @@ class Session:
         self.train_names: set[str] = set()
         #: Whether the window holds steps not yet written.
         self.window_open = False
+        #: The returned dict's keys -> its training step's fast plan (see fastpath.py).
+        self.fast: BoundedCache[tuple[str, ...], Any] = BoundedCache()
+        #: Plans with staged rows not yet added to the window (see LossLog.flush).
+        self.staged: list[StepPlan] = []
 
 
 class LossLog:
@@ -151,6 +159,48 @@ class LossLog:
         if check_nonfinite and plan.terms:
             session.window.note_nonfinite(plan.nonfinite_slots, plan.nonfinite_values(values), step)
 
+    def stage(self, plan: StepPlan, device: torch.device, step: int | None) -> int:
+        """The index of the staging row that one training step's values go into (the caller
+        stacks them into ``plan.prefix_views[i]``, and a weighting's weights into
+        ``plan.weight_views[i]``). ``step`` is kept when non-finite values must be reported."""
+        views = plan.row_views if plan.rows is not None else plan.staging(device, STAGED_ROWS)
+        filled = plan.filled
+        if filled == len(views):
+            self.flush()
+            filled = 0
+        if filled == 0:
+            self.session.staged.append(plan)
+        plan.filled = filled + 1
+        if step is not None:
+            plan.row_steps.append(step)
+        return filled
+
+    def unstage(self, plan: StepPlan) -> None:
+        """Give back the row just staged (its step took the full path instead)."""
+        plan.filled -= 1
+        if plan.row_steps:
+            plan.row_steps.pop()
+        if not plan.filled:
+            self.session.staged.remove(plan)
+
+    def flush(self) -> None:
+        """Add every staged row to the window (before it is reduced, saved or the epoch ends)."""
+        session = self.session
+        for plan in session.staged:
+            filled = plan.filled
+            if not filled:
+                continue
+            assert plan.rows is not None
+            rows = plan.rows[:filled]
+            window = session.window
+            window.add_rows(plan.logged_names, plan.slots(session.registry, rows.device), rows)
+            if plan.row_steps:
+                checked = max(plan.total_position, 1)
+                window.note_nonfinite_rows(plan.nonfinite_slots, rows[:, :checked], plan.row_steps)
+            plan.filled = 0
+            plan.row_steps.clear()
+        session.staged.clear()
+
     def record_diagnostics(self, names: tuple[str, ...], values: Tensor) -> None:
         """Gradient statistics of one step, into the same window as the losses."""
         session = self.session
@@ -187,6 +237,7 @@ class LossLog:
 
     def write(self, device: torch.device) -> Reduced:
         """The window's means over steps and ranks; the window then starts again, empty."""
+        self.flush()
         session = self.session
         session.window.drain_into(session.epoch)
         reduced = session.window.compute(device)
@@ -195,6 +246,7 @@ class LossLog:
         return reduced
 
     def end_train_epoch(self, device: torch.device) -> Reduced:
+        self.flush()
         session = self.session
         session.window.drain_into(session.epoch)
         reduced = session.epoch.compute(device)
@@ -220,6 +272,7 @@ class LossLog:
 
     def state(self) -> dict[str, Any]:
         """The partly filled window and epoch of the running fit, as plain data."""
+        self.flush()
         session = self.session
         return {
             "registry": session.registry.state(),

@@ -374,7 +374,7 @@ class LossDictModule(pl.LightningModule):
             self._lifecycle.on_train_batch_end(outputs, batch, batch_idx)
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        if _outermost(self, "on_before_optimizer_step"):
+        if type(self).on_before_optimizer_step is LossDictModule.on_before_optimizer_step:
             self._lifecycle.on_before_optimizer_step(optimizer)
 
     def on_train_epoch_end(self) -> None:

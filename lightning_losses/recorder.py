@@ -82,9 +82,11 @@ class Recorder:
                 (f"{stage}/{name}" for name in (*terms, *tensor_metrics, *number_metrics)),
                 trainer.loggers,
             )
-        return self.log.plan(
+        plan = self.log.plan(
             key, stage, loader, terms, tensor_metrics, number_metrics, weight_plan, logged
         )
+        plan.learned_weights = weighted
+        return plan
 
     def record(
         self,
@@ -226,7 +228,7 @@ def _concatenate(
             raise
         parts.append(stacked.to(buffer.dtype))
     if plan.number_metrics:
-        numbers = [float(parsed.metrics[k]) for k in plan.number_metrics]  # type: ignore[arg-type]
+        numbers = [float(parsed.metrics[k]) for k in plan.number_metrics]
         parts.append(torch.tensor(numbers, dtype=buffer.dtype).to(device, non_blocking=True))
     if plan.logged_weights and weights is not None:
         parts.append(weights if plan.logs_every_weight else weights[plan.weight_index(device)])

@@ -52,13 +52,10 @@ class Total:
         self.weighting = weighting
         self._bound = False
 
-    def combine(
-        self, plan: StepPlan, terms: Mapping[str, Tensor], step: int, owner: Any = None
-    ) -> Combined:
-        """``sum_k w_k L_k`` (+ the weighting's penalty). ``owner`` is the module, passed in
-        training: a weighting with ``bind(module)`` (GradNorm reads the shared parameters) is
-        bound to it at its first training step."""
-        losses = stack_terms(terms)
+    def combine(self, plan: StepPlan, losses: Tensor, step: int, owner: Any = None) -> Combined:
+        """``sum_k w_k L_k`` (+ the weighting's penalty) of the stacked terms ``losses``.
+        ``owner`` is the module, passed in training: a weighting with ``bind(module)`` (GradNorm
+        reads the shared parameters) is bound to it at its first training step."""
         weights = None
         if not plan.weights.all_ones:
             weights = plan.weights.vector(step, losses.device, losses.dtype)

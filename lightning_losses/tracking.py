@@ -234,6 +234,22 @@ class MeanAccumulator:
         self._sums.index_add_(0, slots, values if weight == 1.0 else values * weight)
         self.counts[names] = self.counts.get(names, 0.0) + weight
 
+    def add_rows(self, names: tuple[str, ...], slots: Tensor, rows: Tensor) -> None:
+        """Add staged steps, one row each in ``names``' layout, at once."""
+        self._ensure(rows.device)
+        self._sums.index_add_(0, slots, rows.sum(0))
+        self.counts[names] = self.counts.get(names, 0.0) + rows.shape[0]
+
+    def note_nonfinite_rows(self, slots: Tensor, rows: Tensor, steps: list[int]) -> None:
+        """``note_nonfinite`` for several staged steps: ``rows[i]`` was recorded at
+        ``steps[i]``; the encoded entries of all rows are reduced with one ``amax``."""
+        self._ensure(rows.device)
+        encoded = torch.tensor(
+            [_LATEST - step for step in steps], dtype=rows.dtype, device=rows.device
+        )
+        candidate = torch.where(torch.isfinite(rows), 0.0, encoded[:, None]).amax(0)
+        self._first.scatter_reduce_(0, slots, candidate, "amax")
+
     def note_nonfinite(self, slots: Tensor, values: Tensor, step: int) -> None:
         """Remember ``step`` for every slot whose value is not finite (if it is the first).
 

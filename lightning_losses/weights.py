@@ -32,6 +32,7 @@ class WeightPlan:
         #: Positions whose weight is not the constant 1: these are logged as ``weight/<term>``.
         self.logged = tuple(i for i, v in enumerate(values) if callable(v) or float(v) != 1.0)
         self.all_ones = not self.logged
+        self.has_schedules = bool(self._schedules)
         self._device_constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     def vector(self, step: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -84,10 +85,6 @@ class LossWeights:
         self._resolved: dict[str, WeightValue] = {}
         self._matched: set[str] = set()
         self._plans: BoundedCache[tuple[str, ...], WeightPlan] = BoundedCache()
-
-    @property
-    def has_schedules(self) -> bool:
-        return any(callable(v) for v in [*self._exact.values(), *(v for _, v in self._patterns)])
 
     def resolve(self, name: str) -> WeightValue:
         value = self._resolved.get(name)

@@ -42,7 +42,7 @@ class DynamicWeightAverage(PerTerm):
         self.register_buffer("weights", torch.ones(k, dtype=torch.float64))
 
     def forward(self, losses: Tensor, names: tuple[str, ...]) -> Tensor:
-        return self.weights[self.index(names, losses.device)]
+        return self.select(self.weights, names)
 
     def epoch_end(self, means: Mapping[str, float]) -> None:
         latest = torch.tensor([means.get(t, math.nan) for t in self.terms], dtype=torch.float64)

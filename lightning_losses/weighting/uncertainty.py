@@ -30,8 +30,7 @@ class UncertaintyWeighting(PerTerm):
         self.log_variance = nn.Parameter(torch.full((len(self.terms),), float(init_log_variance)))
 
     def forward(self, losses: Tensor, names: tuple[str, ...]) -> Tensor:
-        s = self.log_variance[self.index(names, losses.device)]
-        return 0.5 * torch.exp(-s)
+        return 0.5 * torch.exp(-self.select(self.log_variance, names))
 
     def penalty(self, losses: Tensor, names: tuple[str, ...]) -> Tensor:
-        return 0.5 * self.log_variance[self.index(names, losses.device)].sum()
+        return 0.5 * self.select(self.log_variance, names).sum()
