@@ -39,7 +39,7 @@ class Guards:
 
     def __init__(self, module: nn.Module, nonfinite: NonFinite) -> None:
         check_nonfinite_mode(nonfinite)
-        self.module = module
+        self.module: Any = module  # a LossDictModule (its public skipped_steps count)
         self.nonfinite = nonfinite
         self._warned_no_grad: set[str] = set()
         #: A skipped step's gradients are dropped before its optimizer step.
@@ -63,7 +63,7 @@ class Guards:
         alike (one host sync: the decision must come before the optimizer steps)."""
         if not collectives.any_rank(~torch.isfinite(losses.detach()).all()):
             return False
-        self.module.skipped_steps = int(self.module.skipped_steps) + 1  # type: ignore[assignment]
+        self.module.skipped_steps += 1
         # Cancels the whole optimizer step this batch belongs to (also with accumulation).
         self.drop_pending = True
         return True
