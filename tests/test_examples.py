@@ -18,7 +18,15 @@ SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py") if p.name not in OWN_TEST
 
 
 def run(script: str, *args: str, cwd: Path) -> str:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_MODE": "offline"}
+    # one torch thread: on a busy 2-core machine torch's default two threads fight for the cores
+    # (a GAN batch took 40-90 ms instead of 3-5 ms)
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / script), *args],
         cwd=cwd,
