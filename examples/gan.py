@@ -4,8 +4,9 @@
     python examples/gan.py --wgan   # WGAN-GP: the critic steps 5 times per generator step
 
 A few seconds on a CPU (600 batches). Writes its CSV logs and ``samples.png`` (real points and
-generated ones, from the generator's exponential moving average) under ``runs/gan/``. The WGAN's generator steps
-once per six batches, so in these few seconds it learns the ring less well than the classic GAN.
+generated ones, from the generator's exponential moving average) under ``runs/gan/``. The WGAN's
+generator steps once per six batches, so in these few seconds it learns the ring less well than
+the classic GAN.
 
 The generator and the critic each have their own optimizer, given as a route map from
 ``configure_optimizers``. Since Lightning 2.0 that needs manual optimization, which gives up
