@@ -120,7 +120,7 @@ def main() -> None:
     trainer = L.Trainer(
         max_epochs=args.epochs,
         log_every_n_steps=20,
-        logger=CSVLogger("runs", name="gan", version=0),
+        logger=CSVLogger("runs", name="gan", version=""),
         callbacks=[EMAWeightAveraging(decay=0.99)],  # the module holds the averages at the end
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -136,7 +136,9 @@ def main() -> None:
         f"global_step={trainer.global_step} (batches), mean distance of a generated point to "
         f"the nearest real one: {float(distance):.3f}; samples in runs/gan/samples.png"
     )
-    print({k: round(float(v), 4) for k, v in sorted(trainer.callback_metrics.items())})
+    print(f"per-loss logs: {Path(trainer.log_dir) / 'metrics.csv'}")
+    final = sorted(trainer.callback_metrics.items())
+    print("final values: " + ", ".join(f"{name}={float(value):.4f}" for name, value in final))
 
 
 if __name__ == "__main__":
