@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-#: ``loss_keys`` as users may give it: ``None`` (every 0-dim floating tensor), names or glob
-#: patterns, or a predicate on the flattened name.
+#: ``loss_keys`` as users may give it: ``None`` (a 0-dim floating tensor that carries a gradient
+#: in training), names or glob patterns, or a predicate on the flattened name.
 LossKeys = str | Collection[str] | Callable[[str], bool] | None
 
 SEPARATOR = "/"
