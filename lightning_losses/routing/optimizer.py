@@ -182,6 +182,9 @@ class RoutedOptimizer(Optimizer):
         #: it must inspect is hidden inside a compiled region (see ``Router``). On at first, so
         #: that the first step's graph is the eager one; with nothing compiled it changes nothing.
         self.eager_forward = True
+        #: Set by the router once some step needs one backward per route: what is compiled from
+        #: then on keeps its saved tensors for a second backward (no donated buffers).
+        self.several_backwards = False
         #: Bumped whenever a route's parameters change (``add_param_group``, assigned groups), so
         #: that the router re-reads them.
         self.version = 0
@@ -394,10 +397,30 @@ class RoutedOptimizer(Optimizer):
         return loss
 
     def _run(self, closure: Any) -> Any:
-        eager = self.eager_forward
-        self.eager_forward = False
-        with torch.enable_grad(), _compile_off() if eager else contextlib.nullcontext():
+        with torch.enable_grad(), self.forward_context():
             return closure()
+
+    def forward_context(self) -> contextlib.AbstractContextManager[Any]:
+        """What a training step's forward runs under for the router to do its job under
+        ``torch.compile`` (nothing when nothing was compiled): eagerly once when the router must
+        see an eager graph, and without donated buffers once some route needs a backward of
+        its own. ``step`` applies it to Lightning's closure; a forward run outside ``step``
+        (the micro-batches before the last under gradient accumulation) needs it too."""
+        eager, self.eager_forward = self.eager_forward, False
+        if "torch._dynamo" not in sys.modules:  # nothing was compiled; importing it costs seconds
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        if eager:
+            set_stance = getattr(torch.compiler, "set_stance", None)  # torch 2.6+
+            if set_stance is not None:
+                stack.enter_context(set_stance("force_eager"))
+        if self.several_backwards:
+            # torch's own remedy, named in its error: a compiled backward that donated its
+            # buffers cannot run a second time (autograd.grad with retain_graph=True)
+            config = getattr(getattr(torch, "_functorch", None), "config", None)
+            if config is not None and hasattr(config, "donated_buffer"):
+                stack.enter_context(config.patch(donated_buffer=False))
+        return stack
 
     def _step_route(self, route: Route) -> None:
         optimizer = self.optimizers[route]
@@ -515,15 +538,6 @@ def _same(a: Any, b: Any) -> bool:
         return bool(a == b)
     except (RuntimeError, TypeError, ValueError):  # tensors of several elements
         return a is b
-
-
-def _compile_off() -> Any:
-    """``torch.compile``'d code runs eagerly inside (``torch.compiler.set_stance``, torch 2.6+;
-    earlier versions: nothing to switch, the router then stays conservative)."""
-    if "torch._dynamo" not in sys.modules:  # nothing was compiled; importing it costs seconds
-        return contextlib.nullcontext()
-    set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
-    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 class _RouteScheduler(LRScheduler):

@@ -139,6 +139,8 @@ class Router:
                 self._looks.put(terms, looks + 1)
                 self.optimizer.eager_forward = True
                 return False
+            if not verdict:
+                self.optimizer.several_backwards = True
             self._fast.put(terms, verdict)
         return verdict
 
