@@ -217,3 +217,14 @@ def _series_names(name: str, groups: Sequence[Mapping[str, Any]]) -> list[str]:
         group_name = groups[0].get("name")
         return [f"{name}/{group_name}" if group_name else name]
     return [f"{name}/{g.get('name', f'pg{i}')}" for i, g in enumerate(groups, start=1)]
+
+
+def fit_has_val_loader(trainer: pl.Trainer) -> bool:
+    """Whether the running fit has a validation loader: passed to ``fit``, a datamodule's, or
+    the module's own ``val_dataloader``.
+
+    Read from the validation loop's data source (what its ``setup_data`` requests): Lightning
+    has no public way to ask before the loaders are loaded, and ``Tuner.scale_batch_size``
+    requests them whenever ``validation_step`` is defined, loader or not.
+    """
+    return bool(trainer.fit_loop.epoch_loop.val_loop._data_source.is_defined())
