@@ -323,7 +323,12 @@ class LossDictModule(pl.LightningModule):
                 "expected automatic_optimization=True, or your own training_step that calls "
                 "self.manual_backward(self.total_loss(self(batch))) and steps the optimizers"
             )
-        return self.total_loss(self(batch), stage="train", batch=batch)
+        router = self._route_for_step()
+        if router is None:
+            return self.total_loss(self(batch), stage="train", batch=batch)
+        with router.optimizer.forward_context():  # see RoutedOptimizer.forward_context
+            output = self(batch)
+        return self.total_loss(output, stage="train", batch=batch)
 
     def validation_step(
         self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0
