@@ -19,9 +19,11 @@ Lightning writes its step metrics, one reduction (one collective under DDP) and 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
@@ -130,8 +132,11 @@ class Lifecycle:
         metrics: evaluation.MetricCollection | None,
         metric_inputs: evaluation.MetricInputs | None,
         route_mode: RouteMode,
+        provided_validation_step: Any = None,
     ) -> None:
         self.module = module
+        #: LossDictModule's own validation_step (a subclass may define its own).
+        self._provided_validation_step = provided_validation_step
         self.select = KeySelector(loss_keys, total_key)
         self.weights = LossWeights(loss_weights)
         self.total = Total(weighting)
@@ -502,15 +507,26 @@ class Lifecycle:
     # ------------------------------------------------------------------ Lightning hooks
 
     def configure_callbacks(self) -> None:
-        # Lightning checks its loops right after this hook (before setup): this module
-        # provides validation_step for those who validate, and a fit without a val loader
-        # should not be told "You defined a validation_step" (lifted again in setup).
+        # A trainer is attached and Lightning checks its loops right after this hook (before
+        # setup). This module provides validation_step for those who validate: one withdrawn
+        # for the last fit (see setup) is back, and a fit without a val loader should not be
+        # told "You defined a validation_step" (lifted again in setup).
+        self.module.__dict__.pop("validation_step", None)
         if self._quiet is None:
             self._quiet = _lightning.quiet_unused_validation_step()
 
     def setup(self, stage: str) -> None:
         _lightning.unquiet(self._quiet)
         self._quiet = None
+        # Tuner.scale_batch_size requests a val loader wherever validation_step is defined: the
+        # provided one is withdrawn for a fit without a val loader.
+        module = self.module
+        if (
+            stage == "fit"
+            and type(module).validation_step is self._provided_validation_step
+            and not _lightning.fit_has_val_loader(module.trainer)
+        ):
+            module.validation_step = functools.partial(pl.LightningModule.validation_step, module)
 
     def on_fit_start(self) -> None:
         self.setup("fit")

@@ -179,6 +179,7 @@ class LossDictModule(pl.LightningModule):
             metrics=self.eval_metrics,
             metric_inputs=metric_inputs,
             route_mode=route_mode,
+            provided_validation_step=LossDictModule.validation_step,
         )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -220,7 +221,12 @@ class LossDictModule(pl.LightningModule):
                 "expected automatic_optimization=True, or your own training_step that calls "
                 "self.manual_backward(self.total_loss(self(batch))) and steps the optimizers"
             )
-        return self.total_loss(self(batch), stage="train", batch=batch)
+        router = self._lifecycle.routing.router
+        if router is None:
+            return self.total_loss(self(batch), stage="train", batch=batch)
+        with router.optimizer.forward_context():  # see RoutedOptimizer.forward_context
+            output = self(batch)
+        return self.total_loss(output, stage="train", batch=batch)
 
     def validation_step(
         self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0
