@@ -220,6 +220,33 @@ class PlainRouted(Plain):
         )
 
 
+class TwoOptimizers(torch.optim.Optimizer):
+    """What a user writes by hand to step two optimizers in automatic optimization (the cost
+    of a second torch optimizer, which routes cannot avoid)."""
+
+    def __init__(self, first: torch.optim.Optimizer, second: torch.optim.Optimizer) -> None:
+        self.inner = (first, second)
+        super().__init__([*first.param_groups, *second.param_groups], {})
+
+    def step(self, closure: Any = None) -> Any:
+        loss = closure() if closure is not None else None
+        for optimizer in self.inner:
+            optimizer.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.inner:
+            optimizer.zero_grad(set_to_none)
+
+
+class PlainTwoOptimizers(Plain):
+    def configure_optimizers(self) -> Any:
+        net = self.model
+        return TwoOptimizers(
+            _sgd(net.a.parameters()), _sgd([*net.trunk.parameters(), *net.b.parameters()])
+        )
+
+
 class UncertaintyTwin(Plain):
     """What UncertaintyWeighting computes, by hand: sum 0.5 exp(-s) L + 0.5 sum s."""
 
@@ -259,6 +286,10 @@ def configurations(k: int) -> dict[str, tuple[Callable[[], Any], Callable[[], An
             lambda: UncertaintyTwin(Terms(k)),
         ),
         "2 routes": (lambda: Routed(TwoHeads(k)), lambda: PlainRouted(TwoHeads(k), _sum)),
+        "2 routes vs 2 optimizers": (
+            lambda: Routed(TwoHeads(k)),
+            lambda: PlainTwoOptimizers(TwoHeads(k), _sum),
+        ),
         "add_loss": (lambda: Sub(Terms(k, added=True)), lambda: Plain(Terms(k), with_reg)),
         'wrap, call="auto"': (
             lambda: LossDictModule(Terms(k), optimizer=_sgd),

@@ -222,7 +222,7 @@ class LossDictModule(pl.LightningModule):
                 "self.manual_backward(self.total_loss(self(batch))) and steps the optimizers"
             )
         router = self._lifecycle.routing.router
-        if router is None:
+        if router is None or not router.optimizer.compiling():
             return self.total_loss(self(batch), stage="train", batch=batch)
         with router.optimizer.forward_context():  # see RoutedOptimizer.forward_context
             output = self(batch)

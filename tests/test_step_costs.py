@@ -29,7 +29,10 @@ def test_a_non_writing_step_adds_at_most_three_ops_and_twenty_calls(
 ) -> None:
     counts = added[k][name]
     assert counts.ops <= (10 if "routes" in name else 3), counts
-    assert counts.calls <= 20, counts
+    if name != "2 routes":  # against one SGD: a second torch optimizer's own step and
+        # zero_grad cost about 60 Python calls that no router can avoid; against a hand-made
+        # pair of optimizers ("2 routes vs 2 optimizers") the routes add at most 20
+        assert counts.calls <= 20, counts
 
 
 @pytest.mark.parametrize("name", CONFIGURATIONS)

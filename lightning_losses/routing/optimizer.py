@@ -266,9 +266,11 @@ class RoutedOptimizer(Optimizer):
         if (
             sizes == self._sizes
             and len(groups) == len(self._order)
-            and all(
-                groups[k] is self.optimizers[r].param_groups[i]
-                for k, (r, i) in enumerate(self._order)
+            and all(  # (a list, not a generator: one call, not one per group)
+                [
+                    groups[k] is self.optimizers[r].param_groups[i]
+                    for k, (r, i) in enumerate(self._order)
+                ]
             )
         ):
             return self.version
@@ -347,7 +349,7 @@ class RoutedOptimizer(Optimizer):
         return [self.optimizers[r].param_groups[i] for r, i in self._order]
 
     def _route_sizes(self) -> tuple[int, ...]:
-        return tuple(len(opt.param_groups) for opt in self.optimizers.values())
+        return tuple([len(opt.param_groups) for opt in self.optimizers.values()])
 
     def _changed(self) -> None:
         self._sizes = self._route_sizes()
@@ -377,8 +379,9 @@ class RoutedOptimizer(Optimizer):
         raise AssertionError("unreachable: position < sum of frequencies")
 
     @_run_step_hooks
-    @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
+        # (no no_grad here: each route optimizer's step has its own, and Lightning's closure
+        # enables grad itself)
         loss = None
         if self.sequential and closure is not None:
             # One pass of Lightning's closure (training_step, zero_grad, backward, clipping,
@@ -398,8 +401,16 @@ class RoutedOptimizer(Optimizer):
         return loss
 
     def _run(self, closure: Any) -> Any:
-        with torch.enable_grad(), self.forward_context():
+        # (Lightning's closure enables grad itself)
+        if not self.compiling():
+            return closure()  # no context to enter
+        with self.forward_context():
             return closure()
+
+    def compiling(self) -> bool:
+        """Whether a forward needs :meth:`forward_context`: at the first step (the router looks
+        at an eager graph) and once some route needs a backward of its own."""
+        return self.eager_forward or self.several_backwards
 
     def forward_context(self) -> contextlib.AbstractContextManager[Any]:
         """What a training step's forward runs under for the router to do its job under
@@ -425,7 +436,8 @@ class RoutedOptimizer(Optimizer):
 
     def _step_route(self, route: Route) -> None:
         optimizer = self.optimizers[route]
-        if all(p.grad is None for p in _params(optimizer.param_groups)):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        if grads.count(None) == len(grads):
             return  # no term of the route reached its parameters (in any micro-batch)
         optimizer.step()
         self.steps_taken[route] += 1

@@ -89,12 +89,17 @@ class RoutingSession:
             self.restored_route_steps = None
         composite.sequential = self.route_mode == "sequential"
         composite.current = None
-        composite.active = composite.turn(trainer.global_step)
-        if router.alternating and not self._checked_alternation:
-            self._checked_alternation = True
-            self._check_alternation(trainer, combines_terms)
-            return True
-        return False
+        if composite.frequencies:  # turns follow global_step
+            composite.active = composite.turn(trainer.global_step)
+        elif len(composite.active) != len(composite.optimizers):
+            composite.active = tuple(composite.optimizers)
+        if self._checked_alternation:
+            return False
+        self._checked_alternation = True  # (the routes' kind is fixed for the fit)
+        if not router.alternating:
+            return False
+        self._check_alternation(trainer, combines_terms)
+        return True
 
     def _check_alternation(self, trainer: pl.Trainer, combines_terms: str | None) -> None:
         if combines_terms is not None:
@@ -201,7 +206,8 @@ class RoutingSession:
         for route in stepping:  # the others hold zero gradients
             inner = composite.optimizers[route]
             if route not in composite.clipping:
-                module.clip_gradients(inner, gradient_clip_val, gradient_clip_algorithm)
+                if gradient_clip_val is not None:  # (None: the Trainer clips nothing)
+                    module.clip_gradients(inner, gradient_clip_val, gradient_clip_algorithm)
                 continue
             # The route's own setting replaces the Trainer's. Straight to the precision plugin:
             # LightningModule.clip_gradients refuses a value that differs from the Trainer's.
