@@ -792,14 +792,16 @@ class LossDictModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ writing
 
-    def _write_window(self, to_callbacks: bool = True) -> None:
+    def _write_window(
+        self, to_callbacks: bool = True, labels: tuple[int, int] | None = None
+    ) -> None:
         reduced = self._log.write(self.device)
         self._raise_if_nonfinite(reduced)
         metrics = reduced.means
         if self.nonfinite == "skip":
             metrics[f"train/{SKIPPED_STEPS}"] = float(self.skipped_steps)
         self._define_summaries(metrics)
-        _lightning.publish_step_metrics(self.trainer, metrics, self._prog_bar, to_callbacks)
+        _lightning.publish_step_metrics(self.trainer, metrics, self._prog_bar, to_callbacks, labels)
 
     def _define_summaries(self, metrics: Mapping[str, float]) -> None:
         """Give loss names their ``min`` summary in W&B, once each, before their first write."""
@@ -915,6 +917,12 @@ class LossDictModule(pl.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         context.close(self)  # a step that never reached total_loss keeps nothing
+        # a callback asked to stop after this batch (Timer, EarlyStopping): Lightning writes its
+        # own step metrics here, so the last window is written here too, with its labels
+        trainer = self.trainer
+        log = self._log
+        if trainer.should_stop and log.window_open and _lightning.writes_step_metrics(trainer):
+            self._write_window()
         weighting = self.weighting
         if (
             isinstance(weighting, ScalarizerWeighting)
@@ -957,7 +965,10 @@ class LossDictModule(pl.LightningModule):
         if self._log.window_open:
             # after an epoch's end the monitors keep its means (see on_train_epoch_end); a run
             # stopped mid-epoch has none, and the last window is what it has
-            self._write_window(to_callbacks=not self._epoch_just_ended)
+            self._write_window(
+                to_callbacks=not self._epoch_just_ended,
+                labels=_lightning.last_batch_labels(self.trainer),
+            )
         self._write_kinds()
 
     def _write_kinds(self) -> None:
