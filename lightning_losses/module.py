@@ -222,6 +222,11 @@ class LossDictModule(pl.LightningModule):
         self.loss_keys = loss_keys
         self._select = KeySelector(loss_keys, total_key)
         self._weights = LossWeights(loss_weights)
+        # before the first training step, what the configuration names decides (API.md §1)
+        self._select.name_terms(list(loss_weights or ()))
+        weighted_terms = getattr(weighting, "terms", None)
+        if isinstance(weighted_terms, tuple):
+            self._select.name_terms(weighted_terms, all_terms=True)
         self._prog_bar = frozenset(f"train/{name}" for name in prog_bar)
         self._diagnostics = (
             GradientDiagnostics(grad_diagnostics_every_n_steps, shared_parameters)
@@ -376,6 +381,8 @@ class LossDictModule(pl.LightningModule):
             raise ValueError(f"stage={stage!r}; expected one of {', '.join(map(repr, STAGES))}")
         collected = context.drain(self)
         if collected is not None:
+            if collected.metrics:
+                self._select.added_metrics.update(collected.metrics)  # never a term
             output = context.merge(output, collected)
         if dataloader_idx is None:
             dataloader_idx = _lightning.current_dataloader_idx(self) if stage != "train" else 0
@@ -725,8 +732,10 @@ class LossDictModule(pl.LightningModule):
         return torch.cat([p.to(buffer.dtype) for p in parts], out=buffer)
 
     def _warn_untrained_eval(self, stage: Stage, parsed: ParsedOutput) -> None:
-        names = [name for name in parsed.terms if name not in self._warned_untrained]
-        if not names:
+        # once, and only where the guess can be wrong: a name nothing in the configuration calls
+        # a term, beside other values
+        names = [name for name in parsed.terms if self._select.guessed(name)]
+        if not names or self._warned_untrained:
             return
         self._warned_untrained.update(names)
         rank_zero_warn(

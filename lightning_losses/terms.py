@@ -103,6 +103,14 @@ class KeySelector:
             )
         self._verdicts: dict[str, bool] = {}
         self._matched: set[str] = set()
+        #: What the configuration calls a loss term (``loss_weights`` entries, a weighting's term
+        #: list): before any training step these decide (see :meth:`before_training`).
+        self._named: frozenset[str] = frozenset()
+        self._named_patterns: tuple[str, ...] = ()
+        #: Whether the named terms are all the terms there are (a weighting's list is).
+        self._named_all = False
+        #: Names added with ``add_metric``: never a term.
+        self.added_metrics: set[str] = set()
         #: Names training has classified: terms (carried a gradient at least once) and metrics.
         self.trained_terms: set[str] = set()
         self.trained_metrics: set[str] = set()
@@ -116,6 +124,36 @@ class KeySelector:
                 )
         self._names = frozenset(e for e in entries if not is_pattern(e))
         self._patterns = tuple(e for e in entries if is_pattern(e))
+
+    def name_terms(self, names: Collection[str], all_terms: bool = False) -> None:
+        """Names or glob patterns the configuration calls loss terms; ``all_terms`` when no other
+        name can be one (a weighting weighs exactly its own list)."""
+        names = [n for n in names if isinstance(n, str) and n]
+        self._named |= {n for n in names if not is_pattern(n)}
+        self._named_patterns += tuple(n for n in names if is_pattern(n))
+        self._named_all = self._named_all or all_terms
+
+    def named(self, name: str) -> bool:
+        """Whether the configuration calls ``name`` a loss term."""
+        return name in self._named or any(
+            fnmatch.fnmatchcase(name, pattern) for pattern in self._named_patterns
+        )
+
+    def before_training(self, name: str) -> bool:
+        """Whether ``name`` is a term before any training step has told terms by gradient.
+
+        An added metric never is; a name the configuration calls a term is; any other is a term
+        unless the named terms are all there are (then it is a metric).
+        """
+        if name in self.added_metrics:
+            return False
+        if self.named(name):
+            return True
+        return not self._named_all
+
+    def guessed(self, name: str) -> bool:
+        """Whether calling ``name`` a term before training is a guess (nothing names it)."""
+        return name not in self.added_metrics and not self._named_all and not self.named(name)
 
     @property
     def trained(self) -> bool:
@@ -137,7 +175,7 @@ class KeySelector:
             return False
         if self.trained:
             return name in self.trained_terms
-        return True  # nothing has been trained yet: the structural rule
+        return self.before_training(name)  # nothing has been trained yet
 
     def state(self) -> dict[str, list[str]]:
         return {"terms": sorted(self.trained_terms), "metrics": sorted(self.trained_metrics)}

@@ -65,6 +65,10 @@ class KeyRegistry:
         for name in names:
             kind = next(kinds) if kinds is not None else "value"
             slot = self.slot_of.get(name)
+            if slot is not None and kinds is not None and self.kind_of[name] != kind:
+                # a name evaluation guessed before training, classified by training since:
+                # its kind (what W&B summaries follow) is the final classification
+                self.kind_of[name] = kind
             if slot is None:
                 slot = len(self.names)
                 self.names.append(name)

@@ -1,0 +1,143 @@
+"""Corners a random search found (issue #23): the last row's labels, the time before the first
+training step, reloads, non-scalar losses, damaged checkpoints, churning key sets, odd mappings."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from conftest import MemoryLogger, make_trainer
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import lightning_losses as ll
+from lightning_losses import LossDictModule
+
+
+class Tiny(LossDictModule):
+    """``a`` (a term), and optionally a returned accuracy and an added metric."""
+
+    def __init__(self, acc: bool = False, added: bool = False, **kwargs: Any) -> None:
+        super().__init__(optimizer=lambda p: torch.optim.SGD(p, lr=0.1), **kwargs)
+        torch.manual_seed(0)
+        self.net = nn.Linear(2, 1)
+        self.acc, self.added = acc, added
+
+    def forward(self, batch: Any) -> Any:
+        (x,) = batch
+        out = {"a": self.net(x).pow(2).mean()}
+        if self.acc:
+            out["acc"] = (self.net(x) > 0).float().mean()
+        if self.added:
+            ll.add_metric("m", torch.tensor(2.5))
+        return out
+
+
+def data(n: int = 3, batch_size: int = 1) -> DataLoader:
+    return DataLoader(
+        TensorDataset(torch.randn(n, 2, generator=torch.Generator().manual_seed(0))),
+        batch_size=batch_size,
+    )
+
+
+def labels(logger: MemoryLogger, name: str) -> list[tuple[int, int]]:
+    return [(step, int(m["epoch"])) for step, m in logger.rows if name in m]
+
+
+# ------------------------------------------------------------------------------------------
+# 1. the last row is labelled like Lightning's own
+# ------------------------------------------------------------------------------------------
+
+
+class StopAt(Callback):
+    """Asks to stop after training batch ``batch`` (as Lightning's Timer does)."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: Any, out: Any, batch: Any, i: int
+    ) -> None:
+        if i == self.batch:
+            trainer.should_stop = True
+
+
+@pytest.mark.parametrize(
+    ("options", "rows"),
+    [
+        # 3 batches, one epoch, a write every 2 steps: the last window is batch 2's (step 2,
+        # epoch 0), written after the epoch row; never at step 3 or in epoch 1, which never ran
+        (dict(max_epochs=1, log_every_n_steps=2), [(1, 0), (2, 0, "epoch"), (2, 0)]),
+        # max_steps=3 in an epoch of 5: the last window is batch 2's
+        (dict(max_epochs=2, max_steps=3, log_every_n_steps=2), [(1, 0), (2, 0, "epoch"), (2, 0)]),
+        # a stop asked in on_train_batch_end: written at that batch, as Lightning writes its own
+        # step metrics there, so before the epoch row
+        (dict(max_epochs=2, log_every_n_steps=5, callbacks=[StopAt(2)]), [(2, 0), (2, 0, "epoch")]),
+    ],
+)
+def test_last_window_has_the_last_batch_step_and_epoch(
+    options: dict[str, Any], rows: list[Any]
+) -> None:
+    logger = MemoryLogger()
+    make_trainer(logger, **options).fit(Tiny(), data(5 if "max_steps" in options else 3))
+    got = [
+        (step, int(m["epoch"])) + (("epoch",) if "train/a_epoch" in m else ())
+        for step, m in logger.rows
+    ]
+    assert got == rows
+
+
+# ------------------------------------------------------------------------------------------
+# 2. before the first training step, nothing is guessed wrong
+# ------------------------------------------------------------------------------------------
+
+
+def test_added_metric_is_never_summed_before_training() -> None:
+    model = Tiny(added=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (got,) = make_trainer().validate(model, data(), verbose=False)
+    assert got["val/m"] == 2.5
+    assert got["val/loss"] == pytest.approx(got["val/a"], rel=1e-12)  # not a + 2.5
+
+
+def test_a_weighting_term_list_decides_in_the_sanity_check() -> None:
+    from lightning_losses.weighting import DynamicWeightAverage
+
+    model = Tiny(acc=True, added=True, weighting=DynamicWeightAverage(["a"]))
+    trainer = make_trainer(num_sanity_val_steps=2, max_epochs=1)
+    trainer.fit(model, data(), data())  # raised "got loss term 'acc'" in the sanity check
+    assert float(trainer.callback_metrics["val/loss"]) == pytest.approx(
+        float(trainer.callback_metrics["val/a"]) * 1.0, rel=1e-6
+    )
+
+
+def test_summaries_follow_the_final_classification(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_losses import summaries
+
+    defined: list[str] = []
+    monkeypatch.setattr(
+        summaries, "define_min_summaries", lambda trainer, names: defined.extend(names)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_trainer(num_sanity_val_steps=2).fit(Tiny(acc=True), data(), data())
+    assert "val/acc" not in defined and "val/a" in defined and "val/loss" in defined
+
+
+def test_the_guess_warning_only_where_it_can_be_wrong_and_once() -> None:
+    message = "no training step has told loss terms from metrics yet"
+    with pytest.warns(UserWarning, match=message) as record:
+        make_trainer().validate(Tiny(acc=True), data(), verbose=False)
+    assert sum(message in str(w.message) for w in record) == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # the weights name both: nothing is guessed; an added metric is never a term
+        model = Tiny(acc=True, added=True, loss_weights={"a": 1.0, "ac*": 0.5})
+        (got,) = make_trainer().validate(model, data(), verbose=False)
+    assert not [w for w in caught if message in str(w.message)]
+    assert got["val/loss"] == pytest.approx(got["val/a"] + 0.5 * got["val/acc"], rel=1e-6)
