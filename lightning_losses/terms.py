@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 #: ``loss_keys`` as users may give it: ``None`` (every 0-dim floating tensor), names or glob
@@ -111,6 +112,8 @@ class KeySelector:
         self._named_all = False
         #: Names added with ``add_metric``: never a term.
         self.added_metrics: set[str] = set()
+        #: Pass-through outputs warned about as possible unreduced losses.
+        self.warned_unreduced: set[str] = set()
         #: Names training has classified: terms (carried a gradient at least once) and metrics.
         self.trained_terms: set[str] = set()
         self.trained_metrics: set[str] = set()
@@ -249,7 +252,8 @@ def _flatten_into(
             f"{_shorten(prefix)!r}); expected a mapping of names to values nested a few levels "
             "at most"
         )
-    for key, value in mapping.items():
+    items = mapping.items() if isinstance(mapping, dict) else _read_items(mapping, prefix)
+    for key, value in items:
         if key not in _VALID_KEYS:
             _check_key(key, prefix)
         name = f"{prefix}{SEPARATOR}{key}" if prefix else key
@@ -272,6 +276,23 @@ def _flatten_into(
             )
         else:
             flat[name] = value
+
+
+def _read_items(mapping: Mapping[Any, Any], prefix: str) -> list[tuple[Any, Any]]:
+    """The entries of a mapping that is not a dict, each read on its own: a ``__getitem__``
+    that fails for one of its own keys is named, not a bare ``KeyError`` from deep inside."""
+    items = []
+    for key in mapping:
+        try:
+            items.append((key, mapping[key]))
+        except Exception as error:
+            name = f"{prefix}{SEPARATOR}{key}" if prefix else key
+            raise TypeError(
+                f"forward returned a {type(mapping).__name__} whose entry {_shorten(str(name))!r} "
+                f"could not be read ({type(error).__name__}: {error}); expected a mapping whose "
+                "every key can be looked up"
+            ) from error
+    return items
 
 
 #: Keys already checked by :func:`_check_key` (keys repeat every step). Bounded, so that a model
@@ -355,7 +376,30 @@ def parse_output(output: Any, select: KeySelector, stage: str = "train") -> Pars
         for name in [n for n in terms if n != TOTAL]:
             parsed.metrics[name] = terms.pop(name)
     _check_reserved(parsed)
+    if parsed.outputs and training and terms and not explicit:
+        _warn_unreduced(parsed.outputs, select)
     return parsed
+
+
+def _warn_unreduced(outputs: Mapping[str, Any], select: KeySelector) -> None:
+    """A floating tensor of several elements that carries a gradient beside loss terms is most
+    likely a loss whose ``.mean()`` was forgotten: passed through, it would silently never train.
+    One warning per name."""
+    for name, value in outputs.items():
+        if (
+            isinstance(value, Tensor)
+            and value.requires_grad
+            and value.is_floating_point()
+            and value.numel() > 1
+            and name not in select.warned_unreduced
+        ):
+            select.warned_unreduced.add(name)
+            rank_zero_warn(
+                f"forward returned {name!r}, {describe(value)} that carries a gradient, beside "
+                "loss terms: it is passed through, neither trained on nor logged. If it is a "
+                "loss, reduce it to a 0-dim tensor (a forgotten .mean()?); if it is an output, "
+                "detach it or pass loss_keys= to name the terms and silence this warning"
+            )
 
 
 def _parse_with_total(
@@ -413,8 +457,9 @@ def _all_loss_terms(
     a value that is not a 0-dim floating tensor, one without a gradient in training, or a name
     training has not seen as a term.
     """
-    if not output or TOTAL in output:
-        return None  # let the general path handle (or explain) the reserved name
+    if not isinstance(output, dict) or not output or TOTAL in output:
+        # let the general path handle (or explain) the reserved name and other mappings
+        return None
     known = select.trained_terms
     grad = training and torch.is_grad_enabled()
     for key, value in output.items():

@@ -4,11 +4,13 @@ training step, reloads, non-scalar losses, damaged checkpoints, churning key set
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import MemoryLogger, make_trainer
 from lightning.pytorch.callbacks import Callback
 from torch import nn
@@ -141,3 +143,62 @@ def test_the_guess_warning_only_where_it_can_be_wrong_and_once() -> None:
         (got,) = make_trainer().validate(model, data(), verbose=False)
     assert not [w for w in caught if message in str(w.message)]
     assert got["val/loss"] == pytest.approx(got["val/a"] + 0.5 * got["val/acc"], rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# 4. a loss that is not a scalar is not silently dropped
+# ------------------------------------------------------------------------------------------
+
+
+class Unreduced(LossDictModule):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(optimizer=lambda p: torch.optim.SGD(p, lr=0.1), **kwargs)
+        self.net = nn.Linear(2, 1)
+
+    def forward(self, batch: Any) -> Any:
+        (x,) = batch
+        p = self.net(x).squeeze(-1)
+        return {"a": p.pow(2).mean(), "l1": F.l1_loss(p, torch.zeros_like(p), reduction="none")}
+
+
+def test_an_unreduced_loss_beside_terms_gets_one_warning_naming_it() -> None:
+    with pytest.warns(UserWarning, match=r"'l1'.*forgotten \.mean\(\)") as record:
+        make_trainer().fit(Unreduced(), data(4, batch_size=2))
+    assert sum("'l1'" in str(w.message) for w in record) == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer().fit(Unreduced(loss_keys=["a"]), data(4, batch_size=2))
+    assert not [w for w in caught if "'l1'" in str(w.message)]
+
+
+# ------------------------------------------------------------------------------------------
+# 7. mappings that fail to read give our error
+# ------------------------------------------------------------------------------------------
+
+
+class Broken(Mapping[str, Any]):
+    """A mapping that lists ``b`` but cannot look it up."""
+
+    def __init__(self, a: torch.Tensor) -> None:
+        self.a = a
+
+    def __iter__(self) -> Any:
+        return iter(["a", "b"])
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "a":
+            return self.a
+        raise KeyError(key)
+
+
+def test_a_mapping_that_fails_to_read_names_the_key() -> None:
+    from lightning_losses.terms import KeySelector, parse_output
+
+    a = torch.tensor(1.0, requires_grad=True)
+    with pytest.raises(TypeError, match=r"Broken whose entry 'b' could not be read \(KeyError"):
+        parse_output(Broken(a), KeySelector(), "train")
+    with pytest.raises(TypeError, match=r"entry 'outer/b' could not be read"):
+        parse_output({"outer": Broken(a)}, KeySelector(), "train")
