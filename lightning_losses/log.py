@@ -117,6 +117,10 @@ class LossLog:
         if stage == "train":
             self._check_train_names(plan)
         session.plans.put(key, plan)
+        # a key set new to this session: where churning key sets would pile up counts
+        session.window.fold()
+        for accumulator in session.eval.values():
+            accumulator.fold()
         return plan
 
     def _check_train_names(self, plan: StepPlan) -> None:

@@ -202,3 +202,43 @@ def test_a_mapping_that_fails_to_read_names_the_key() -> None:
         parse_output(Broken(a), KeySelector(), "train")
     with pytest.raises(TypeError, match=r"entry 'outer/b' could not be read"):
         parse_output({"outer": Broken(a)}, KeySelector(), "train")
+
+
+# ------------------------------------------------------------------------------------------
+# 6. memory stays bounded while key sets churn
+# ------------------------------------------------------------------------------------------
+
+CHURNING = [f"t{i}" for i in range(8)]
+
+
+class Churn(LossDictModule):
+    """A new subset of 8 terms almost every step (up to 255 key sets)."""
+
+    def __init__(self) -> None:
+        super().__init__(optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+        self.net, self.i = nn.Linear(2, 1), 0
+
+    def forward(self, batch: Any) -> Any:
+        self.i += 1
+        base = self.net(batch[0]).pow(2).mean()
+        chosen = [n for k, n in enumerate(CHURNING) if (self.i * 2654435761 >> k) & 1]
+        return {n: base * (k + 1) for k, n in enumerate(chosen)} or {"t0": base}
+
+
+class Entry(Callback):
+    """The library's checkpoint entry after the last batch of a long epoch (mid-epoch)."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
+        checkpoint: dict[str, Any] = {}
+        module.on_save_checkpoint(checkpoint)
+        self.entry = checkpoint["lightning_losses"]
+
+
+def test_churning_key_sets_keep_counts_and_checkpoints_bounded() -> None:
+    entry = Entry()
+    make_trainer(max_steps=300, log_every_n_steps=50, callbacks=[entry]).fit(
+        Churn(), data(400)
+    )  # one epoch of 400 batches, stopped at 300: the epoch means hold 300 steps
+    # grew with every key set seen (about 250 here, and on and on in a longer epoch)
+    assert len(entry.entry["epoch"]["counts"]) <= len(CHURNING) + 1  # the terms and the total
+    assert len(entry.entry["window"]["counts"]) <= 65
