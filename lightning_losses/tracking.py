@@ -223,7 +223,9 @@ class MeanAccumulator:
         self.reset()
         data = state["data"]
         if isinstance(data, Tensor):
-            slots = self.registry.slots(state["names"])  # type: ignore[arg-type]
+            # an accumulator that never grew to names registered later saves fewer columns
+            names = list(state["names"])[: data.shape[1]]  # type: ignore[call-overload]
+            slots = self.registry.slots(names)
             target = self._ensure(device)
             index = torch.tensor(slots, dtype=torch.long, device=target.device)
             target[:, index] = data.to(target.device, target.dtype)

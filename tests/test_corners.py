@@ -242,3 +242,36 @@ def test_churning_key_sets_keep_counts_and_checkpoints_bounded() -> None:
     # grew with every key set seen (about 250 here, and on and on in a longer epoch)
     assert len(entry.entry["epoch"]["counts"]) <= len(CHURNING) + 1  # the terms and the total
     assert len(entry.entry["window"]["counts"]) <= 65
+
+
+# ------------------------------------------------------------------------------------------
+# 5. a damaged checkpoint entry says so
+# ------------------------------------------------------------------------------------------
+
+
+def damage_window(entry: dict[str, Any]) -> str:
+    entry["window"]["names"] = entry["window"]["names"][1:]  # one slot more than names
+    return r"\['window'\] is inconsistent: 'data' has shape \(3, \d+\) for \d+ names"
+
+
+def damage_kinds(entry: dict[str, Any]) -> str:
+    entry["registry"]["kinds"] = entry["registry"]["kinds"][:-1]
+    return r"\['registry'\] is inconsistent: \d+ names but \d+ kinds"
+
+
+def damage_counts(entry: dict[str, Any]) -> str:
+    entry["epoch"]["counts"] = [[["train/nowhere"], 1.0]]
+    return r"\['epoch'\] is inconsistent: 'counts' counts names \['train/nowhere'\] that it has no"
+
+
+@pytest.mark.parametrize("damage", [damage_window, damage_kinds, damage_counts])
+def test_a_damaged_checkpoint_entry_is_a_value_error_naming_it(tmp_path: Any, damage: Any) -> None:
+    trainer = make_trainer(max_steps=2, log_every_n_steps=50, default_root_dir=tmp_path)
+    trainer.fit(Tiny(acc=True), data(4))  # stopped mid-epoch: the window holds two steps
+    path = tmp_path / "mid.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)
+    message = damage(checkpoint["lightning_losses"])
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError, match=r"checkpoint entry 'lightning_losses'" + message):
+        make_trainer(max_steps=4).fit(Tiny(acc=True), data(4), ckpt_path=path)
