@@ -275,3 +275,100 @@ def test_a_damaged_checkpoint_entry_is_a_value_error_naming_it(tmp_path: Any, da
     torch.save(checkpoint, path)
     with pytest.raises(ValueError, match=r"checkpoint entry 'lightning_losses'" + message):
         make_trainer(max_steps=4).fit(Tiny(acc=True), data(4), ckpt_path=path)
+
+
+# ------------------------------------------------------------------------------------------
+# 3. built-in weightings reload with no arguments
+# ------------------------------------------------------------------------------------------
+
+
+class TwoHeads(LossDictModule):
+    """The docs' subclass: options passed through to LossDictModule."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        torch.manual_seed(0)
+        self.trunk, self.head = nn.Linear(2, 4), nn.Linear(4, 2)
+
+    def forward(self, batch: Any) -> Any:
+        (x,) = batch
+        out = self.head(self.trunk(x).relu())
+        return {"a": out[:, 0].pow(2).mean(), "b": (out[:, 1] - 1).pow(2).mean()}
+
+
+class Heads(nn.Module):
+    """The same network for wrap mode (no constructor arguments: recorded as its class)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk, self.head = nn.Linear(2, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        out = self.head(self.trunk(x).relu())
+        return {"a": out[:, 0].pow(2).mean(), "b": (out[:, 1] - 1).pow(2).mean()}
+
+
+def strategies() -> list[Any]:
+    from lightning_losses.weighting import DynamicWeightAverage, GradNorm, UncertaintyWeighting
+
+    made = [
+        ("uw", lambda: dict(weighting=UncertaintyWeighting(["a", "b"], init_log_variance=0.5))),
+        ("dwa", lambda: dict(weighting=DynamicWeightAverage(["a", "b"], temperature=1.5))),
+        ("gradnorm", lambda: dict(weighting=GradNorm(["a", "b"], shared="trunk", alpha=0.5))),
+    ]
+    try:
+        from torchjd import aggregation, scalarization
+    except ImportError:
+        return made
+    return [
+        *made,
+        ("famo", lambda: dict(weighting=scalarization.FAMO(2, lr=0.01))),
+        ("jd-dwa", lambda: dict(weighting=scalarization.DWA(temperature=3.0))),
+        ("upgrad", lambda: dict(aggregator=aggregation.UPGrad())),
+        ("mgda", lambda: dict(aggregator=aggregation.MGDA(epsilon=0.01))),
+    ]
+
+
+@pytest.mark.parametrize("mode", ["subclass", "wrap"])
+@pytest.mark.parametrize("strategy", strategies(), ids=lambda s: s[0])
+def test_builtin_weightings_reload_with_no_arguments(
+    tmp_path: Any, mode: str, strategy: Any
+) -> None:
+    options = strategy[1]()
+    prefix = "" if mode == "subclass" else "model."
+    shared = {"weighting": "trunk", "aggregator": "trunk"}
+    if "aggregator" in options:
+        options["shared_parameters"] = prefix + shared["aggregator"]
+    if "weighting" in options and hasattr(options["weighting"], "shared_prefixes"):
+        from lightning_losses.weighting import GradNorm
+
+        options["weighting"] = GradNorm(["a", "b"], shared=prefix + "trunk", alpha=0.5)
+    module = TwoHeads(**options) if mode == "subclass" else LossDictModule(Heads(), **options)
+    trainer = make_trainer(max_epochs=2, default_root_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, data(8, batch_size=4))
+    path = tmp_path / "done.ckpt"
+    trainer.save_checkpoint(path)
+    torch.load(path, weights_only=True)  # plain values and tensors only
+    cls = TwoHeads if mode == "subclass" else LossDictModule
+    loaded = cls.load_from_checkpoint(path)  # raised "does not record how to build weighting"
+    want, got = module.state_dict(), loaded.state_dict()
+    assert want.keys() == got.keys()
+    for key in want:
+        if isinstance(want[key], torch.Tensor):
+            assert torch.equal(want[key], got[key]), key
+        else:  # extra state (FAMO's inner optimizer, DWA's history)
+            assert repr(want[key]) == repr(got[key]), key
+    # the plain settings too (a temperature, an epsilon: not in any state dict)
+    for before, after in zip(plain_settings(module), plain_settings(loaded)):
+        assert before == after
+
+
+def plain_settings(module: LossDictModule) -> list[dict[str, Any]]:
+    strategy = module.weighting if module.weighting is not None else module.aggregator
+    return [
+        {k: v for k, v in vars(m).items() if type(v) in (int, float, str, tuple)}
+        for m in strategy.modules()
+    ]
