@@ -39,11 +39,28 @@ def writes_step_metrics(trainer: pl.Trainer) -> bool:
     return bool(trainer._logger_connector.should_update_logs or fast_dev_run)
 
 
+def last_batch_labels(trainer: pl.Trainer) -> tuple[int, int]:
+    """The ``(step, epoch)`` Lightning's own ``self.log(on_step=True)`` gave the last training
+    batch, asked once training has ended (``on_train_end``).
+
+    By then the loops have moved on: ``_batches_that_stepped`` counts the last batch if it stepped
+    (it did not when a stop came while accumulating), and the last epoch has been counted as
+    completed, so ``current_epoch`` is one past it. Lightning itself undoes the first of these the
+    same way (``_batches_that_stepped -= 1``) for its epoch-end row.
+    """
+    epoch_loop = trainer.fit_loop.epoch_loop
+    stepped = epoch_loop._batches_that_stepped
+    accumulating = trainer.accumulate_grad_batches > 1 and epoch_loop._should_accumulate()
+    step = stepped if accumulating else stepped - 1
+    return max(step, 0), max(trainer.current_epoch - 1, 0)
+
+
 def publish_step_metrics(
     trainer: pl.Trainer,
     metrics: Mapping[str, float],
     progress_bar: Collection[str] = (),
     to_callbacks: bool = True,
+    labels: tuple[int, int] | None = None,
 ) -> None:
     """Write already-reduced step values to every logger, to callbacks and to the progress bar.
 
@@ -56,7 +73,12 @@ def publish_step_metrics(
         return
     tensors = {name: torch.tensor(value, dtype=torch.float64) for name, value in metrics.items()}
     connector = trainer._logger_connector
-    connector.log_metrics(tensors)
+    if labels is None:
+        connector.log_metrics(tensors)
+    else:  # after the loops moved on: the last batch's own step and epoch (see last_batch_labels)
+        step, epoch = labels
+        connector.log_metrics({**tensors, "epoch": epoch}, step=step)  # type: ignore[dict-item]
+        connector._logged_metrics.pop("epoch", None)
     # callback_metrics feed ModelCheckpoint / EarlyStopping monitors; the property returns the
     # connector's own dict, so updating it is what self.log would have done.
     if to_callbacks:

@@ -12,7 +12,10 @@ builds the module, and Lightning rebuilds it through the CLI's instantiator):
 * A module (``model``, ``weighting``, ``aggregator``) becomes
   ``{"class_path": "pkg.mod.Net", "init_args": {...}}`` when its constructor's arguments are
   known and plain: the module calls Lightning's ``save_hyperparameters`` (any ``nn.Module`` can
-  mix in ``HyperparametersMixin``), or its ``__init__`` takes no arguments. The state dict then
+  mix in ``HyperparametersMixin``), its ``__init__`` takes no arguments, or it is one of the
+  library's own weightings or a torchjd scalarizer or aggregator (whose arguments are read back
+  from the module, see ``_own_arguments``; a scalarizer inside its wrapper is a nested
+  ``class_path`` entry). The state dict then
   fills in the weights. Otherwise (arguments unknown, a class defined in ``__main__`` or inside a
   function) it is ``{"not_saved": "<why>"}`` and ``load_from_checkpoint`` asks for ``model=``.
 * ``optimizer``/``lr_scheduler``: an optimizer or scheduler class, or a ``functools.partial`` of
@@ -163,6 +166,9 @@ def lookup(path: str) -> Any:
 
 def _constructor_arguments(module: nn.Module) -> dict[str, Any] | str:
     """The plain arguments that rebuild ``module``'s structure, or why they are unknown."""
+    own = _own_arguments(module)
+    if own is not None:
+        return own
     if isinstance(module, HyperparametersMixin) and _lightning.saved_hyperparameters(module):
         recorded = _yaml_plain(dict(module.hparams_initial))
         if recorded is _MISSING:
@@ -181,6 +187,102 @@ def _constructor_arguments(module: nn.Module) -> dict[str, Any] | str:
         "Lightning's save_hyperparameters (mix in lightning.pytorch.core.mixins."
         "HyperparametersMixin) to record them"
     )
+
+
+def _own_arguments(module: nn.Module) -> dict[str, Any] | str | None:
+    """The arguments of the library's own weightings and of torchjd's scalarizers and
+    aggregators, which record nothing themselves; ``None`` for any other module.
+
+    Ours say them (``constructor_arguments``; a user's subclass may have another constructor,
+    so only the library's own classes are asked). torchjd's are read back from the module: an
+    argument kept as an attribute of its name, ``shape`` from the learned tensor, a tensor
+    argument kept as a parameter or buffer from the state dict (built at its default, then
+    loaded); an argument torchjd keeps nowhere makes the module unrecordable.
+    """
+    cls = type(module)
+    if cls.__module__.startswith("lightning_losses.") and hasattr(module, "constructor_arguments"):
+        arguments = module.constructor_arguments()  # type: ignore[operator]
+    elif cls.__module__.startswith("torchjd."):
+        arguments = _torchjd_arguments(module)
+        if isinstance(arguments, str):
+            return arguments
+    else:
+        return None
+    encoded: dict[str, Any] = {}
+    for name, value in arguments.items():
+        if isinstance(value, nn.Module):
+            value = _encode_instance(value)
+            if is_not_saved(value):
+                return f"its argument {name}: {value[NOT_SAVED]}"
+        elif _yaml_plain(value) is _MISSING:
+            return f"its argument {name} is {_describe(value)}"
+        encoded[name] = _yaml_plain(value) if not isinstance(value, dict) else value
+    return encoded
+
+
+def _torchjd_arguments(module: nn.Module) -> dict[str, Any] | str:
+    try:
+        signature = inspect.signature(type(module).__init__)
+    except (TypeError, ValueError):
+        return f"{type(module).__name__}'s constructor has no readable signature"
+    tensors = dict(module.named_parameters(recurse=False))
+    tensors.update(dict(module.named_buffers(recurse=False)))
+    arguments: dict[str, Any] = {}
+    opaque: list[str] = []
+    for name, parameter in list(signature.parameters.items())[1:]:
+        if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        value = _kept(module, name)
+        if name in tensors and parameter.default is None:
+            value = None  # a tensor the state dict restores
+        elif value is _MISSING and name == "shape" and len(tensors) >= 1:
+            value = list(next(iter(tensors.values())).shape)
+            value = value[0] if len(value) == 1 else value
+        if value is _MISSING:
+            if parameter.default is inspect.Parameter.empty:
+                return (
+                    f"torchjd's {type(module).__name__} does not keep its argument {name}, so it "
+                    "cannot be rebuilt from a checkpoint"
+                )
+            continue  # built at its default
+        if _yaml_plain(value) is _MISSING and not isinstance(value, nn.Module):
+            if value is parameter.default:
+                continue
+            if parameter.default is not inspect.Parameter.empty:
+                opaque.append(name)  # built by default (UPGrad's projector)? checked below
+                continue
+            return f"its argument {name} is {_describe(value)}"
+        arguments[name] = value
+    if opaque:
+        # kept objects that are not plain: fine if a module built from the recorded arguments
+        # has the same ones, i.e. they were the constructor's own default
+        try:
+            probe = type(module)(**arguments)
+        except Exception as error:
+            return f"{type(module).__name__}(**{arguments}) fails ({error})"
+        for name in opaque:
+            if not _same_setting(_kept(module, name), _kept(probe, name)):
+                return f"its argument {name} is {_describe(_kept(module, name))}"
+    return arguments
+
+
+def _same_setting(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    try:
+        return repr(vars(a)) == repr(vars(b))
+    except TypeError:  # no __dict__
+        return repr(a) == repr(b)
+
+
+def _kept(module: nn.Module, name: str) -> Any:
+    """An argument as torchjd keeps it: an attribute ``name`` or ``_name`` of the module or of
+    the first submodule that has one (an aggregator keeps its settings in its weighting)."""
+    for part in module.modules():
+        for attribute in (name, f"_{name}"):
+            if attribute in part.__dict__:
+                return part.__dict__[attribute]
+    return _MISSING
 
 
 # ------------------------------------------------------------------ encoding
@@ -445,7 +547,7 @@ def _decode(owner: str, name: str, value: Any) -> Any:
                 "from the checkpoint)"
             )
         target, init_args = _resolve(owner, name, value, INSTANCES[name])
-        return target(**init_args)
+        return target(**_decode_nested(owner, name, init_args))
     if name in FACTORIES:
         if value is None:
             return None
@@ -463,6 +565,18 @@ def _decode(owner: str, name: str, value: Any) -> Any:
         _warn_dropped(owner, name, str(value[NOT_SAVED]), f"uses the default {name}")
         return _CONSTRUCTOR[0].parameters[name].default
     return value
+
+
+def _decode_nested(owner: str, name: str, init_args: dict[str, Any]) -> dict[str, Any]:
+    """Module arguments of a module (a scalarizer inside its wrapper) rebuilt from their own
+    ``{"class_path": ..., "init_args": {...}}`` entries, checked as the outer one is."""
+    out = {}
+    for key, value in init_args.items():
+        if isinstance(value, dict) and set(value) == {"class_path", "init_args"}:
+            target, inner = _resolve(owner, f"{name}.{key}", value, (nn.Module,))
+            value = target(**_decode_nested(owner, f"{name}.{key}", inner))
+        out[key] = value
+    return out
 
 
 def _resolve(

@@ -138,6 +138,11 @@ class Lifecycle:
         #: LossDictModule's own validation_step (a subclass may define its own).
         self._provided_validation_step = provided_validation_step
         self.select = KeySelector(loss_keys, total_key)
+        # before the first training step, what the configuration names decides (API.md §1)
+        self.select.name_terms(list(loss_weights or ()))
+        weighted_terms = getattr(weighting, "terms", None)
+        if isinstance(weighted_terms, tuple):
+            self.select.name_terms(weighted_terms, all_terms=True)
         self.weights = LossWeights(loss_weights)
         self.total = Total(weighting)
         self._scalarizer = isinstance(weighting, ScalarizerWeighting)
@@ -187,7 +192,10 @@ class Lifecycle:
         collected = context.STEP.get()  # add_loss / add_metric: this step's collection
         if collected is not None and collected.owner is module:
             context.STEP.set(None)
-            if collected.losses or collected.metrics:
+            if collected.metrics:
+                self.select.added_metrics.update(collected.metrics)  # never a term
+                output = context.merge(output, collected)
+            elif collected.losses:
                 output = context.merge(output, collected)
         fast = self._fast
         if fast is not None and stage == "train" and type(output) is dict:
@@ -335,7 +343,12 @@ class Lifecycle:
             and not select.trained
             and (len(parsed.terms) > 1 or parsed.metrics)  # a lone value can only be the loss
         ):
-            warn_untrained_eval(stage, parsed.terms, self._warned_untrained)
+            # once, and only where the guess can be wrong: a name nothing in the configuration
+            # calls a term, beside other values
+            if not self._warned_untrained:
+                warn_untrained_eval(
+                    stage, [n for n in parsed.terms if select.guessed(n)], self._warned_untrained
+                )
         plan = self.recorder.plan(stage, parsed, loader, self.weighting is not None, trainer)
         step = trainer.global_step if trainer is not None else 0
         combined = self.total.combine(plan, stack_terms(parsed.terms), step)
@@ -431,14 +444,16 @@ class Lifecycle:
             self.weighting.absent(self.module.device)
         return zero_through_parameters(self.module, world_size)
 
-    def _write_window(self, trainer: Any, to_callbacks: bool = True) -> None:
+    def _write_window(
+        self, trainer: Any, to_callbacks: bool = True, labels: tuple[int, int] | None = None
+    ) -> None:
         extra = (
             skipped_steps_metric(self.module.skipped_steps)
             if self.guards.nonfinite == "skip"
             else {}
         )
         reduced = self.recorder.write_window(
-            trainer, self.module.device, extra, to_callbacks=to_callbacks
+            trainer, self.module.device, extra, to_callbacks=to_callbacks, labels=labels
         )
         self.guards.raise_if_nonfinite(reduced, trainer.world_size)
 
@@ -570,6 +585,16 @@ class Lifecycle:
         collected = context.STEP.get()
         if collected is not None and collected.owner is module:
             context.STEP.set(None)  # a step that never reached total_loss keeps nothing
+        # a callback asked to stop after this batch (Timer, EarlyStopping): Lightning writes its
+        # own step metrics here, so the last window is written here too, with its labels
+        trainer = self._trainer
+        if (
+            trainer is not None
+            and trainer.should_stop
+            and self.recorder.log.window_open
+            and _lightning.writes_step_metrics(trainer)
+        ):
+            self._write_window(trainer)
         if self._scalarizer:
             weighting = self.weighting
             if weighting.needs_after_step and module.trainer.global_step > (
@@ -609,7 +634,11 @@ class Lifecycle:
         if self.recorder.log.window_open:
             # after an epoch's end the monitors keep its means (see on_train_epoch_end); a run
             # stopped mid-epoch has none, and the last window is what it has
-            self._write_window(trainer, to_callbacks=not self._epoch_just_ended)
+            self._write_window(
+                trainer,
+                to_callbacks=not self._epoch_just_ended,
+                labels=_lightning.last_batch_labels(trainer),
+            )
         self.recorder.write_kinds(trainer)
 
     def on_validation_start(self) -> None:

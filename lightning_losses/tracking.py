@@ -65,6 +65,10 @@ class KeyRegistry:
         for name in names:
             kind = next(kinds) if kinds is not None else "value"
             slot = self.slot_of.get(name)
+            if slot is not None and kinds is not None and self.kind_of[name] != kind:
+                # a name evaluation guessed before training, classified by training since:
+                # its kind (what W&B summaries follow) is the final classification
+                self.kind_of[name] = kind
             if slot is None:
                 slot = len(self.names)
                 self.names.append(name)
@@ -219,12 +223,18 @@ class MeanAccumulator:
         self.reset()
         data = state["data"]
         if isinstance(data, Tensor):
-            slots = self.registry.slots(state["names"])  # type: ignore[arg-type]
+            # an accumulator that never grew to names registered later saves fewer columns
+            names = list(state["names"])[: data.shape[1]]  # type: ignore[call-overload]
+            slots = self.registry.slots(names)
             target = self._ensure(device)
             index = torch.tensor(slots, dtype=torch.long, device=target.device)
             target[:, index] = data.to(target.device, target.dtype)
         self.counts = {tuple(k): float(w) for k, w in state["counts"]}  # type: ignore[attr-defined]
-        self._drained_counts = {tuple(k): float(w) for k, w in state["drained"]}  # type: ignore[attr-defined]
+        drained: dict[tuple[str, ...], float] = {}
+        for k, w in state["drained"]:  # type: ignore[attr-defined]
+            for name in k:  # per name (a checkpoint of 0.3 or earlier kept key sets)
+                drained[(name,)] = drained.get((name,), 0.0) + float(w)
+        self._drained_counts = drained
 
     def update(
         self, names: tuple[str, ...], slots: Tensor, values: Tensor, weight: float = 1.0
@@ -277,11 +287,29 @@ class MeanAccumulator:
         target[_SUMS, :width] += data[_SUMS] - data[_DRAINED]
         torch.maximum(target[_FIRST, :width], data[_FIRST], out=target[_FIRST, :width])
         data[_DRAINED] = data[_SUMS]
-        for names, weight in self.counts.items():
-            fresh = weight - self._drained_counts.get(names, 0.0)
+        # Per name, not per key set: what the target keeps stays bounded by the number of names
+        # however many key sets pass through a long epoch (a one-name key set is a name's count).
+        now = self._name_counts()
+        drained = self._drained_counts
+        for name, weight in now.items():
+            fresh = weight - drained.get((name,), 0.0)
             if fresh:
-                other.counts[names] = other.counts.get(names, 0.0) + fresh
-        self._drained_counts = dict(self.counts)
+                key = (name,)
+                other.counts[key] = other.counts.get(key, 0.0) + fresh
+        self._drained_counts = {(name,): weight for name, weight in now.items()}
+
+    def _name_counts(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for names, weight in self.counts.items():
+            for name in names:
+                out[name] = out.get(name, 0.0) + weight
+        return out
+
+    def fold(self, limit: int = 64) -> None:
+        """Replace the per-key-set counts by per-name counts once there are more than ``limit``
+        key sets (a model whose keys churn), so that memory stays bounded by the names."""
+        if len(self.counts) > limit:
+            self.counts = {(name,): weight for name, weight in self._name_counts().items()}
 
     def _grow_to(self, width: int) -> Tensor:
         assert self.data is not None

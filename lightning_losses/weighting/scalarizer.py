@@ -77,6 +77,13 @@ class ScalarizerWeighting(Weighting):
         self._pooled: Tensor | None = None
         self._weights: Tensor | None = None
 
+    def constructor_arguments(self) -> dict[str, object]:
+        """The arguments that rebuild it (the scalarizer a module, written as its class path)."""
+        return {
+            "scalarizer": self.scalarizer,
+            "terms": None if self.terms is None else list(self.terms),
+        }
+
     def forward(self, losses: Tensor, names: tuple[str, ...]) -> Tensor:
         order = self._positions(names, losses.device)
         pooled = self._pool(losses.detach()[order].to(torch.float32))
