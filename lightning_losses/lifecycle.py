@@ -342,13 +342,13 @@ class Lifecycle:
             and select.total_key is None
             and not select.trained
             and (len(parsed.terms) > 1 or parsed.metrics)  # a lone value can only be the loss
+            and not self._warned_untrained
         ):
             # once, and only where the guess can be wrong: a name nothing in the configuration
             # calls a term, beside other values
-            if not self._warned_untrained:
-                warn_untrained_eval(
-                    stage, [n for n in parsed.terms if select.guessed(n)], self._warned_untrained
-                )
+            warn_untrained_eval(
+                stage, [n for n in parsed.terms if select.guessed(n)], self._warned_untrained
+            )
         plan = self.recorder.plan(stage, parsed, loader, self.weighting is not None, trainer)
         step = trainer.global_step if trainer is not None else 0
         combined = self.total.combine(plan, stack_terms(parsed.terms), step)

@@ -119,7 +119,7 @@ def test_a_weighting_term_list_decides_in_the_sanity_check() -> None:
 
 
 def test_summaries_follow_the_final_classification(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lightning_losses import summaries
+    from lightning_losses import kinds as summaries
 
     defined: list[str] = []
     monkeypatch.setattr(

@@ -255,7 +255,7 @@ def test_a_schedule_is_never_silently_dropped(tmp_path, mode):
     assert loaded.loss_weights.get("seg", 1.0) == 2.0  # the constants are kept
     assert loaded.loss_weights.get("depth", 1.0) == 1.0
     again = cls.load_from_checkpoint(path, loss_weights=weights)
-    assert again.loss_weights.get("depth", 1.0)(7) == 0.5 and again.loss_weights.get("recon", 1.0) is warmup
+    assert again.loss_weights["depth"](7) == 0.5 and again.loss_weights["recon"] is warmup
 
 
 def test_a_lambda_scheduler_is_named_and_a_partial_one_restored(tmp_path):
