@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -25,6 +24,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from lightning_losses import (
     _lightning,
+    absent_terms,
     aggregation,
     collectives,
     context,
@@ -60,8 +60,6 @@ NONFINITE_MODES = ("raise", "skip", "off")
 RouteMode = Literal["joint", "sequential"]
 ROUTE_MODES = ("joint", "sequential")
 STAGES = ("train", "val", "test")
-#: Lightning's advice for epoch-level values under DDP; ours are reduced over ranks already.
-_SYNC_DIST_ADVICE = r"It is recommended to use `self\.log\('"
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 # Class return types let LightningCLI build these from ``class_path`` + ``init_args``.
 SchedulerFactory = Callable[[Optimizer], LRScheduler | ReduceLROnPlateau | Mapping[str, Any]]
@@ -240,6 +238,7 @@ class LossDictModule(pl.LightningModule):
         self._drop_gradients = False
         self._summarized: set[str] = set()
         self._router: routing.Router | None = None
+        self._absent_terms = absent_terms.AbsentTerms()  # optional terms under DDP/FSDP2
         self._checked_alternation = False
         self._single_optimizer = False
         self._epoch_just_ended = False
@@ -454,6 +453,7 @@ class LossDictModule(pl.LightningModule):
             objective = self._gradient_objective(plan.terms, terms, losses, weights, total)
             if penalty is not None and objective is not total:
                 objective = objective + penalty  # the strategy's own parameters learn from it
+            objective = self._absent_terms.cover(self, plan.terms, objective)
         if training and self._sequential_pass() is not None:
             self._pend(parsed)
         else:
@@ -870,20 +870,20 @@ class LossDictModule(pl.LightningModule):
         )
         self._define_summaries(epoch_means)
         # self.log (not a direct logger write) so that these land in Lightning's own epoch-end
-        # row and callbacks can monitor them. The values are already means over all ranks:
-        # Lightning's advice to pass sync_dist=True would cost one collective per key, so that
-        # one warning is silenced here, locally, rather than by a global filter per name.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_SYNC_DIST_ADVICE)
-            for name, value in epoch_means.items():
-                self.log(
-                    name,
-                    torch.tensor(value, dtype=torch.float64),
-                    on_step=False,
-                    on_epoch=True,
-                    batch_size=1,
-                    sync_dist=False,
-                )
+        # row and callbacks can monitor them. The values are already means over all ranks, the
+        # same on every rank: sync_dist=True says they are synchronised (Lightning advises it at
+        # the epoch's end otherwise, once per key), rank_zero_only=True that Lightning must not
+        # reduce them again (its sync function becomes a no-op: no collective per key).
+        for name, value in epoch_means.items():
+            self.log(
+                name,
+                torch.tensor(value, dtype=torch.float64),
+                on_step=False,
+                on_epoch=True,
+                batch_size=1,
+                sync_dist=True,
+                rank_zero_only=True,
+            )
         if not self._checked_unmatched:
             self._checked_unmatched = True
             routes = self._router.unmatched() if self._router is not None else []
