@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from lightning_losses.cache import BoundedCache
 from lightning_losses.routing import reached_parameters
+from lightning_losses.sharding import is_sharded
 
 
 class _ZeroGradients(torch.autograd.Function):
@@ -71,17 +72,9 @@ class AbsentTerms:
                 for p in module.parameters()
                 # a sharded FSDP2 parameter (DTensor) is never a leaf of the step's graph: its
                 # group's unsharded parameters are, and FSDP2 reduces those
-                if p.requires_grad and id(p) not in reached and not _is_sharded(p)
+                if p.requires_grad and id(p) not in reached and not is_sharded(p)
             ]
             self._unreached.put(names, unreached)
         if not unreached:
             return objective
         return objective + _ZeroGradients.apply(*unreached)
-
-
-def _is_sharded(param: Tensor) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch.distributed not built
-        return False
-    return isinstance(param, DTensor)

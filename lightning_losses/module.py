@@ -31,6 +31,7 @@ from lightning_losses import (
     evaluation,
     hparams,
     routing,
+    sharding,
     summaries,
 )
 from lightning_losses.batches import batch_size
@@ -1040,7 +1041,7 @@ class LossDictModule(pl.LightningModule):
         if self._router is None and self._trainer_attached():
             composite = routing.routed_optimizer(self.trainer.optimizers)
             if composite is not None:
-                self._router = routing.Router(composite)
+                self._router = routing.Router(composite, sharding.leaf_resolver(self))
         return self._router
 
     def configure_gradient_clipping(

@@ -29,7 +29,7 @@ get zero gradients (so DDP, without ``find_unused_parameters``, hears from every
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypedDict
 
 import torch
@@ -447,13 +447,22 @@ class _InjectGradients(torch.autograd.Function):
 class Router:
     """Routes one step's weighted terms to the route optimizers' parameters."""
 
-    def __init__(self, optimizer: RoutedOptimizer) -> None:
+    def __init__(
+        self,
+        optimizer: RoutedOptimizer,
+        leaves: Callable[[list[Tensor]], list[Tensor]] | None = None,
+    ) -> None:
         self.optimizer = optimizer
         self.routes = list(optimizer.optimizers)
+        #: Each route's parameters as the step's graph holds them (see ``note``).
         self.params = {
             route: [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
             for route, opt in optimizer.optimizers.items()
         }
+        # FSDP2: the optimizers hold sharded parameters, the graph their unsharded twins, which
+        # exist from the first forward on (sharding.leaf_resolver)
+        self._leaves = leaves
+        self.sharded = leaves is not None
         self._fast: BoundedCache[tuple[str, ...], bool] = BoundedCache()
         self.matched: set[Route] = set()
         self._noted: BoundedCache[tuple[str, ...], bool] = BoundedCache()  # checked key sets
@@ -482,6 +491,9 @@ class Router:
         return verdict
 
     def note(self, terms: tuple[str, ...]) -> None:
+        if self._leaves is not None:  # the first step, after its forward
+            self.params = {route: self._leaves(ps) for route, ps in self.params.items()}
+            self._leaves = None
         for route in self.routes:
             if self.members(route, terms):
                 self.matched.add(route)
@@ -528,7 +540,10 @@ class Router:
             # under autocast would recast ops and differ from it
             with torch.autocast(route_loss.device.type, enabled=False):
                 found = torch.autograd.grad(
-                    route_loss, owned, retain_graph=index < len(stepping) - 1, allow_unused=True
+                    route_loss,
+                    owned,
+                    retain_graph=self.sharded or index < len(stepping) - 1,
+                    allow_unused=True,
                 )
             params += owned
             grads += [None if g is None else g.detach() for g in found]
@@ -546,7 +561,13 @@ class Router:
         # must hear from every parameter, so they get zeros and the route steps on them (whether
         # another rank had the term is not known without a collective).
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        return _InjectGradients.apply(not distributed, grads, *params)
+        injected = _InjectGradients.apply(not distributed, grads, *params)
+        if self.sharded:
+            # FSDP2 unshards and reduce-scatters from hooks on forward's outputs, which a backward
+            # of the injected gradients alone never reaches: a zero through the terms makes the
+            # backward Lightning runs one FSDP2 takes part in (one more backward pass).
+            injected = injected + weighted.sum() * 0
+        return injected
 
     def owner(self, term: str) -> Route | None:
         """The first route (in the order given) whose loss includes ``term``."""
