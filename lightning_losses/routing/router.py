@@ -1,0 +1,214 @@
+"""Routes one step's weighted terms so that each parameter gets its own route's gradient.
+
+* When every route's parameters are reached only by that route's terms (heads per task, a shared
+  trunk on ``"loss"``), the plain backward of the total already does that: the fast path. Whether
+  it holds is decided exactly, from the autograd graph, once per key set.
+* Otherwise each route's gradient is computed with ``torch.autograd.grad`` and the step returns a
+  surrogate ``sum_p <p, g_p>`` whose backward writes exactly ``g_p`` into ``p.grad``. That backward
+  is the only one DDP sees (``autograd.grad`` does not fire its hooks), so gradients are
+  synchronised once per step, and clipping, accumulation and AMP scaling apply to it unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from lightning_losses.cache import BoundedCache
+from lightning_losses.routing.optimizer import RoutedOptimizer
+from lightning_losses.routing.route import Route, route_name
+from lightning_losses.terms import TOTAL
+
+
+def reached_parameters(output: Tensor) -> set[int]:
+    """Ids of the leaf tensors ``output``'s autograd graph reaches (walked once per key set)."""
+    seen: set[Any] = set()
+    leaves: set[int] = set()
+    stack: list[Any] = [output.grad_fn] if output.grad_fn is not None else []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # AccumulateGrad: a leaf
+        if variable is not None:
+            leaves.add(id(variable))
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
+
+
+class _InjectGradients(torch.autograd.Function):
+    """A zero whose backward hands each parameter a precomputed gradient (for ``None``: no
+    gradient, or zeros where DDP must hear from every parameter).
+
+    What Lightning backpropagates when the gradients were computed with ``autograd.grad``: one
+    graph node instead of a multiply and a sum per parameter, and a real backward through every
+    parameter (DDP's hooks fire on it, clipping and the AMP scaler see its result). The incoming
+    gradient scales them: ``1/accumulate_grad_batches`` under accumulation, the loss scale under
+    a GradScaler, exactly 1 otherwise.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, none_for_missing: bool, grads: list[Tensor | None], *params: Tensor
+    ) -> Tensor:
+        ctx.grads, ctx.none_for_missing = grads, none_for_missing
+        ctx.shapes = [(p.shape, p.dtype, p.device) for p in params]
+        return params[0].new_zeros(())
+
+    @staticmethod
+    def backward(ctx: Any, scale: Tensor) -> tuple[Any, ...]:
+        out: list[Tensor | None] = []
+        for grad, (shape, dtype, device) in zip(ctx.grads, ctx.shapes):
+            if grad is not None:
+                out.append(grad * scale.to(grad.dtype))
+            elif ctx.none_for_missing:
+                out.append(None)  # no gradient: the optimizer skips the parameter
+            else:
+                out.append(torch.zeros(shape, dtype=dtype, device=device))
+        ctx.grads = None
+        return (None, None, *out)
+
+
+class Router:
+    """Routes one step's weighted terms to the route optimizers' parameters."""
+
+    def __init__(
+        self,
+        optimizer: RoutedOptimizer,
+        leaves: Callable[[list[Tensor]], list[Tensor]] | None = None,
+    ) -> None:
+        self.optimizer = optimizer
+        self.routes = list(optimizer.optimizers)
+        #: Each route's parameters as the step's graph holds them (see ``note``).
+        self.params = {
+            route: [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+            for route, opt in optimizer.optimizers.items()
+        }
+        # FSDP2: the optimizers hold sharded parameters, the graph their unsharded twins, which
+        # exist from the first forward on (sharding.leaf_resolver)
+        self._leaves = leaves
+        self.sharded = leaves is not None
+        self._fast: BoundedCache[tuple[str, ...], bool] = BoundedCache()
+        self.matched: set[Route] = set()
+        self._noted: BoundedCache[tuple[str, ...], bool] = BoundedCache()  # checked key sets
+        self._unrouted_warned: set[str] = set()
+
+    def members(self, route: Route, terms: tuple[str, ...]) -> list[int]:
+        """Positions of ``route``'s terms among this step's ``terms``."""
+        if route == (TOTAL,):
+            return list(range(len(terms)))
+        return [i for i, t in enumerate(terms) if t in route]
+
+    def one_backward_suffices(self, terms: tuple[str, ...], losses: list[Tensor]) -> bool:
+        """Whether the plain backward of the total gives every parameter its route's gradient:
+        no term outside a route reaches that route's parameters. Decided once per key set."""
+        verdict = self._fast.get(terms)
+        if verdict is None:
+            reach = [reached_parameters(loss) for loss in losses]
+            verdict = True
+            for route in self.routes:
+                inside = set(self.members(route, terms))
+                owned = {id(p) for p in self.params[route]}
+                if any(reach[i] & owned for i in range(len(terms)) if i not in inside):
+                    verdict = False
+                    break
+            self._fast.put(terms, verdict)
+        return verdict
+
+    def note(self, terms: tuple[str, ...]) -> None:
+        if self._leaves is not None:  # the first step, after its forward
+            self.params = {route: self._leaves(ps) for route, ps in self.params.items()}
+            self._leaves = None
+        for route in self.routes:
+            if self.members(route, terms):
+                self.matched.add(route)
+        if self._noted.get(terms):
+            return
+        self._noted.put(terms, True)
+        for term in terms:
+            if term not in self._unrouted_warned and self.owner(term) is None:
+                self._unrouted_warned.add(term)
+                rank_zero_warn(
+                    f"loss term {term!r} belongs to no optimizer route (routes "
+                    f"{self.route_names()}): it is logged and counted in train/loss but trains "
+                    f"nothing; expected it in a route (a tuple route such as ('g', {term!r})) "
+                    "or a 'loss' route"
+                )
+
+    @property
+    def alternating(self) -> bool:
+        """Whether routes take turns or run in sequence (not every route steps every pass)."""
+        return bool(self.optimizer.frequencies) or self.optimizer.sequential
+
+    def stepping(self) -> tuple[Route, ...]:
+        """The routes whose gradients this backward computes (all of them unless alternating)."""
+        composite = self.optimizer
+        if composite.current is not None:
+            return (composite.current,)
+        return composite.active
+
+    def surrogate(
+        self, terms: tuple[str, ...], weighted: Tensor, routes: tuple[Route, ...] | None = None
+    ) -> Tensor:
+        """A loss whose gradient w.r.t. each parameter of ``routes`` (default: all) is its
+        route's gradient; every other parameter gets a zero gradient."""
+        stepping = self.routes if routes is None else [r for r in self.routes if r in routes]
+        params: list[Tensor] = []
+        grads: list[Tensor | None] = []
+        for index, route in enumerate(stepping):
+            members = self.members(route, terms)
+            owned = self.params[route]
+            if not members or not owned:
+                continue
+            route_loss = weighted[members].sum()
+            # outside autocast, like the backward Lightning runs after training_step: a backward
+            # under autocast would recast ops and differ from it
+            with torch.autocast(route_loss.device.type, enabled=False):
+                found = torch.autograd.grad(
+                    route_loss,
+                    owned,
+                    retain_graph=self.sharded or index < len(stepping) - 1,
+                    allow_unused=True,
+                )
+            params += owned
+            grads += [None if g is None else g.detach() for g in found]
+        # Parameters of routes without a term this step (or not stepping now) still join the
+        # backward (with zero gradients), so DDP's reducer hears from every parameter.
+        given = {id(p) for p in params}
+        for route in self.routes:
+            for param in self.params[route]:
+                if id(param) not in given:
+                    params.append(param)
+                    grads.append(None)
+        # A route without a term must not step: an optimizer with momentum or weight decay would
+        # move its parameters on zero gradients. Alone, its parameters get no gradient at all
+        # (so RoutedOptimizer skips the route and its scheduler waits); under DDP every rank
+        # must hear from every parameter, so they get zeros and the route steps on them (whether
+        # another rank had the term is not known without a collective).
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        injected = _InjectGradients.apply(not distributed, grads, *params)
+        if self.sharded:
+            # FSDP2 unshards and reduce-scatters from hooks on forward's outputs, which a backward
+            # of the injected gradients alone never reaches: a zero through the terms makes the
+            # backward Lightning runs one FSDP2 takes part in (one more backward pass).
+            injected = injected + weighted.sum() * 0
+        return injected
+
+    def owner(self, term: str) -> Route | None:
+        """The first route (in the order given) whose loss includes ``term``."""
+        for route in self.routes:
+            if route == (TOTAL,) or term in route:
+                return route
+        return None
+
+    def unmatched(self) -> list[str]:
+        return [route_name(r) for r in self.routes if r not in self.matched]
+
+    def route_names(self) -> list[str]:
+        """The routes as they are named in checkpoints, in the order given."""
+        return [route_name(r) for r in self.routes]
