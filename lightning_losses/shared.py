@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from torch import Tensor, nn
 
 from lightning_losses.routing import reached_parameters
+from lightning_losses.sharding import is_sharded, raise_resharded
 from lightning_losses.terms import describe
 
 Prefixes = str | Sequence[str] | None
@@ -55,6 +56,11 @@ class SharedParameters:
     ) -> list[nn.Parameter]:
         params = self._cache.get(() if self.prefixes else terms)
         if params is None:
+            resharded = [
+                n for n, p in module.named_parameters() if p.requires_grad and is_sharded(p)
+            ]
+            if resharded:  # FSDP2 resharded them after forward: nothing left to differentiate
+                raise_resharded(resharded, "gradient diagnostics and aggregator=")
             if self.prefixes:
                 params = named(module, self.prefixes, self.option)
                 self._cache[()] = params

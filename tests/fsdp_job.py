@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -73,17 +74,26 @@ class Heads(LossDictModule):
     from ``add_loss`` on rank 1 only, with a metric from every rank.
     """
 
-    def __init__(self, routes: str | None = None, optional: bool = False, **options: Any) -> None:
+    def __init__(
+        self,
+        routes: str | None = None,
+        optional: bool = False,
+        nested: bool = False,
+        **options: Any,
+    ) -> None:
         super().__init__(**options)
         self.net = two_heads()
-        self.routes, self.optional = routes, optional
+        self.routes, self.optional, self.nested = routes, optional, nested
         self.added = False
 
     def configure_model(self) -> None:
         if isinstance(self.trainer.strategy, ModelParallelStrategy):
             from torch.distributed.fsdp import fully_shard
 
-            fully_shard(self, mesh=self.device_mesh["data_parallel"])
+            mesh = self.device_mesh["data_parallel"]
+            if self.nested:  # the trunk its own group, resharded after its forward (default)
+                fully_shard(self.net[0], mesh=mesh)
+            fully_shard(self, mesh=mesh)
 
     def forward(self, batch: Any) -> Any:
         x, y = batch
@@ -138,6 +148,12 @@ def module_for(scenario: str) -> Heads:
         return module
     if scenario == "diagnostics":
         return Heads(grad_diagnostics_every_n_steps=1)
+    if scenario == "nested_optional":
+        return Heads(optional=True, nested=True)
+    if scenario == "nested_diagnostics":
+        return Heads(nested=True, grad_diagnostics_every_n_steps=1)
+    if scenario == "nested_routes":
+        return Heads(routes="joint", nested=True)
     if scenario.startswith("resume"):
         return Heads(routes="adam")
     raise SystemExit(f"unknown scenario {scenario!r}")
@@ -188,9 +204,10 @@ def run(scenario: str, strategy_name: str, out: Path) -> None:
 def strategy(name: str) -> Any:
     """FSDP2 over both processes (data parallel; "auto" would make them tensor parallel), or
     DDP without find_unused_parameters."""
+    timeout = timedelta(seconds=60)  # a collective that never completes fails the fit
     if name == "fsdp2":
-        return ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
-    return DDPStrategy()
+        return ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, timeout=timeout)
+    return DDPStrategy(timeout=timeout)
 
 
 def main() -> None:

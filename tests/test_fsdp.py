@@ -38,6 +38,8 @@ SCENARIOS = [
     "resume",
 ]
 COMPARED = [s for s in SCENARIOS if s != "resume"]
+#: FSDP2 only, with the trunk sharded as a group of its own (resharded after its forward).
+NESTED = ["nested_optional", "nested_diagnostics", "nested_routes"]
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +47,7 @@ def runs(tmp_path_factory) -> dict[str, list[dict]]:
     """``"<scenario>-<strategy>"`` -> the two ranks' records."""
     out = tmp_path_factory.mktemp("fsdp")
     jobs = [f"{s}:{strategy}" for s in SCENARIOS for strategy in ("ddp", "fsdp2")]
+    jobs += [f"{s}:fsdp2" for s in NESTED]  # last: two of them raise
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     env.pop("LOCAL_RANK", None)
     process = subprocess.Popen(
@@ -208,3 +211,25 @@ def test_a_resumed_run_with_routes_equals_the_uninterrupted_one(runs, strategy):
     assert resumed["global_step"] == straight["global_step"] == 8
     assert resumed["params"] == pytest.approx(straight["params"], abs=1e-7)
     assert_same_rows(resumed["logged"], [(s, m) for s, m in straight["logged"] if s >= 4])
+
+
+def test_nested_fsdp2_groups_with_optional_terms_equal_ddp(runs):
+    # the trunk's group runs forward on every rank; head 1 (in the root's group) sometimes not
+    ddp, nested = finished(runs["optional-ddp"]), finished(runs["nested_optional-fsdp2"])
+    assert nested[0]["params"] == pytest.approx(ddp[0]["params"], abs=1e-6)
+    assert_same_rows(nested[0]["logged"], ddp[0]["logged"])
+
+
+@pytest.mark.parametrize(
+    ("scenario", "feature"),
+    [
+        ("nested_diagnostics", "gradient diagnostics and aggregator="),
+        ("nested_routes", "per-key optimizer routes"),
+    ],
+)
+def test_what_differentiates_resharded_parameters_says_so_on_every_rank(runs, scenario, feature):
+    for record in runs[f"{scenario}-fsdp2"]:
+        assert record["exception"] == "RuntimeError"
+        message = record["message"]
+        assert message.startswith(feature) and "'net.0.weight', 'net.0.bias'" in message
+        assert "reshard_after_forward=False" in message
