@@ -67,6 +67,14 @@ class SharedParameters:
             else:
                 reach = [reached_parameters(loss) for loss in losses]
                 trainable = [p for p in module.parameters() if p.requires_grad]
+                if not trainable:
+                    raise RuntimeError(
+                        "gradient diagnostics and aggregator= differentiate the loss terms with "
+                        "respect to the module's trainable parameters, but it holds none during "
+                        "the training step (FSDPStrategy, FSDP1, replaces them by views of its "
+                        "flat parameter while forward and backward run); expected DDP or "
+                        "ModelParallelStrategy (FSDP2, fully_shard)"
+                    )
                 params = [p for p in trainable if sum(id(p) in r for r in reach) >= 2]
                 self._cache[terms] = params
         return params

@@ -89,10 +89,13 @@ class Router:
             route: [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
             for route, opt in optimizer.optimizers.items()
         }
-        # FSDP2: the optimizers hold sharded parameters, the graph their unsharded twins, which
-        # exist from the first forward on (sharding.leaf_resolver)
+        # FSDP: the optimizers hold sharded parameters, the step's graph other tensors under the
+        # same names, which exist from the first forward on (sharding.leaf_resolver)
         self._leaves = leaves
-        self.sharded = leaves is not None
+        #: Whether the graph differentiates other tensors than the optimizers' (FSDP).
+        self.sharded = False
+        #: Whether those are views of a flat parameter (FSDP1), not leaves of the graph.
+        self.views = False
         self._fast: BoundedCache[tuple[str, ...], bool] = BoundedCache()
         self.matched: set[Route] = set()
         self._noted: BoundedCache[tuple[str, ...], bool] = BoundedCache()  # checked key sets
@@ -108,6 +111,8 @@ class Router:
         """Whether the plain backward of the total gives every parameter its route's gradient:
         no term outside a route reaches that route's parameters. Decided once per key set."""
         verdict = self._fast.get(terms)
+        if self.views:  # no leaf to find in the graph: the surrogate, always right
+            return False
         if verdict is None:
             reach = [reached_parameters(loss) for loss in losses]
             verdict = True
@@ -122,8 +127,12 @@ class Router:
 
     def note(self, terms: tuple[str, ...]) -> None:
         if self._leaves is not None:  # the first step, after its forward
-            self.params = {route: self._leaves(ps) for route, ps in self.params.items()}
+            held = self.params
+            self.params = {route: self._leaves(ps) for route, ps in held.items()}
             self._leaves = None
+            pairs = [(a, b) for r in held for a, b in zip(held[r], self.params[r])]
+            self.sharded = any(a is not b for a, b in pairs)
+            self.views = any(not b.is_leaf for _, b in pairs)
         for route in self.routes:
             if self.members(route, terms):
                 self.matched.add(route)
