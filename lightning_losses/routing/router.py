@@ -174,7 +174,8 @@ class Router:
             owned = self.params[route]
             if not members or not owned:
                 continue
-            route_loss = weighted[members].sum()
+            # basic indexing: a list index is copied to the device, which synchronises
+            route_loss = torch.stack([weighted[i] for i in members]).sum()
             # outside autocast, like the backward Lightning runs after training_step: a backward
             # under autocast would recast ops and differ from it
             with torch.autocast(route_loss.device.type, enabled=False):
