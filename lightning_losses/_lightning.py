@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import pickle
 import warnings
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -157,3 +157,74 @@ def unquiet(entry: Any) -> None:
         mutated = getattr(warnings, "_filters_mutated", None)  # what filterwarnings calls
         if mutated is not None:
             mutated()
+
+
+def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
+    """The module's trainer, or ``None`` outside one (``module.trainer`` raises then)."""
+    return module._trainer
+
+
+#: An optimizer -> its parts as ``(series name, optimizer-like)`` pairs, or None if it is whole.
+Parts = Callable[[Any], "list[tuple[str, Any]] | None"]
+
+
+def name_lr_series_by_parts(trainer: pl.Trainer, parts: Parts) -> None:
+    """Make every ``LearningRateMonitor`` of ``trainer`` log an optimizer made of parts (per-key
+    routes) as one series per part, named by ``parts``: ``lr-seg``, not ``lr-RoutedOptimizer/pg1``.
+
+    The monitor names an optimizer without a scheduler after its class and its groups
+    (``_find_names_from_optimizers``), and no public hook lets an optimizer name its series, so
+    that private method is wrapped on each monitor instance. A part already named through its
+    own scheduler (whose ``optimizer`` is that part) keeps that name: the monitor lists it among
+    ``seen_optimizers``. Parts read their own groups and ``defaults`` (so ``log_momentum`` finds
+    ``betas`` for Adam and ``momentum`` for SGD).
+    """
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if not isinstance(callback, LearningRateMonitor) or hasattr(callback, "_by_parts"):
+            continue
+        original = callback._find_names_from_optimizers
+
+        def find(
+            optimizers: list[Any],
+            seen_optimizers: list[Any],
+            seen_optimizer_types: Any,
+            _original: Callable[..., Any] = original,
+        ) -> tuple[list[list[str]], list[Any]]:
+            whole, split = [], []
+            for optimizer in optimizers:
+                found = parts(optimizer)
+                (whole if found is None else split).append(found or optimizer)
+            names, without_scheduler = _original(whole, seen_optimizers, seen_optimizer_types)
+            for found in split:
+                for name, part in found:
+                    if any(part is seen for seen in seen_optimizers):
+                        continue  # named through its scheduler
+                    seen_optimizers.append(part)
+                    names.append(_series_names(name, part.param_groups))
+                    without_scheduler.append(part)
+            return names, without_scheduler
+
+        callback._find_names_from_optimizers = find  # type: ignore[method-assign]
+        callback._by_parts = True  # type: ignore[attr-defined]
+
+
+def _series_names(name: str, groups: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Lightning's suffix rule (``LearningRateMonitor._add_suffix``): one group keeps the name
+    (plus ``/<group name>`` if named), several get ``/<group name>`` or ``/pg<i>``."""
+    if len(groups) == 1:
+        group_name = groups[0].get("name")
+        return [f"{name}/{group_name}" if group_name else name]
+    return [f"{name}/{g.get('name', f'pg{i}')}" for i, g in enumerate(groups, start=1)]
+
+
+def fit_has_val_loader(trainer: pl.Trainer) -> bool:
+    """Whether the running fit has a validation loader: passed to ``fit``, a datamodule's, or
+    the module's own ``val_dataloader``.
+
+    Read from the validation loop's data source (what its ``setup_data`` requests): Lightning
+    has no public way to ask before the loaders are loaded, and ``Tuner.scale_batch_size``
+    requests them whenever ``validation_step`` is defined, loader or not.
+    """
+    return bool(trainer.fit_loop.epoch_loop.val_loop._data_source.is_defined())

@@ -279,6 +279,7 @@ class LossDictModule(pl.LightningModule):
     @trainer.setter
     def trainer(self, trainer: pl.Trainer | None) -> None:
         pl.LightningModule.trainer.fset(self, trainer)  # type: ignore[attr-defined]
+        self.__dict__.pop("validation_step", None)  # withdrawn for the last fit (see setup)
         if trainer is not None and getattr(self, "_quiet", None) is None:
             # Lightning attaches the trainer just before it checks the loops: this module
             # provides validation_step for those who validate, and a fit without a val loader
@@ -287,6 +288,15 @@ class LossDictModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         self._lift_loop_check_silence()
+        # Tuner.scale_batch_size requests a val loader wherever validation_step is defined: the
+        # provided one is withdrawn for a fit without a val loader (back when a trainer is
+        # attached next, before Lightning checks which steps exist).
+        if (
+            stage == "fit"
+            and type(self).validation_step is LossDictModule.validation_step
+            and not _lightning.fit_has_val_loader(self.trainer)
+        ):
+            self.validation_step = functools.partial(pl.LightningModule.validation_step, self)
 
     def _lift_loop_check_silence(self) -> None:
         """Lift the loop-check silence (see the ``trainer`` setter); also from ``on_fit_start``,
@@ -313,7 +323,12 @@ class LossDictModule(pl.LightningModule):
                 "expected automatic_optimization=True, or your own training_step that calls "
                 "self.manual_backward(self.total_loss(self(batch))) and steps the optimizers"
             )
-        return self.total_loss(self(batch), stage="train", batch=batch)
+        router = self._route_for_step()
+        if router is None:
+            return self.total_loss(self(batch), stage="train", batch=batch)
+        with router.optimizer.forward_context():  # see RoutedOptimizer.forward_context
+            output = self(batch)
+        return self.total_loss(output, stage="train", batch=batch)
 
     def validation_step(
         self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0

@@ -161,7 +161,9 @@ def test_schedulers_step_their_own_route_on_their_interval_and_are_checkpointed(
     assert inner[("depth",)].param_groups[0]["lr"] == 0.3
     trainer.save_checkpoint(tmp_path / "routes.ckpt")
     state = torch.load(tmp_path / "routes.ckpt", weights_only=False)
-    assert set(state["optimizer_states"][0]) == {"seg", "depth", "loss"}
+    saved = state["optimizer_states"][0]  # shaped like any optimizer's, each group's route named
+    assert set(saved) == {"state", "param_groups"}
+    assert [g["route"] for g in saved["param_groups"]] == ["seg", "depth", "loss"]
     assert state["lr_schedulers"][0]["last_epoch"] == 3
     # restoring: a fresh composite and scheduler take the saved states back
     fresh = Routed(scheduled).configure_optimizers()

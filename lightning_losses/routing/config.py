@@ -15,7 +15,13 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from lightning_losses.routing.optimizer import RoutedOptimizer, _RoutePlateau, _RouteScheduler
+from lightning_losses import _lightning
+from lightning_losses.routing.optimizer import (
+    RoutedOptimizer,
+    _RoutePlateau,
+    _RouteScheduler,
+    route_parts,
+)
 from lightning_losses.routing.route import Route, route_name
 from lightning_losses.terms import TOTAL, describe
 
@@ -106,14 +112,22 @@ def parse_route_map(
             "route (routes with a frequency take turns) or on none"
         )
     check_ownership(optimizers, module)
-    composite = RoutedOptimizer(optimizers, frequencies, clipping)
+    names = {id(p): n for n, p in module.named_parameters()}
+    composite = RoutedOptimizer(optimizers, frequencies, clipping, parameter_names=names)
     configs = []
     for route, scheduler in schedulers:
         entry = dict(scheduler) if isinstance(scheduler, Mapping) else {"scheduler": scheduler}
+        # LearningRateMonitor names a scheduler's series by its config's "name", else after
+        # its optimizer's class; a route's series is "lr-<route>" unless the user named it.
+        if entry.get("name") is None:
+            entry["name"] = f"lr-{route_name(route)}"
         inner = entry["scheduler"]
         proxy = _RoutePlateau if isinstance(inner, ReduceLROnPlateau) else _RouteScheduler
         entry["scheduler"] = proxy(inner, composite, route)
         configs.append(entry)
+    trainer = _lightning.attached_trainer(module)
+    if trainer is not None:
+        _lightning.name_lr_series_by_parts(trainer, route_parts)
     if len(configs) > 1:  # Lightning's dict form takes one scheduler; its two-list form many
         return [composite], configs
     result: dict[str, Any] = {"optimizer": composite}

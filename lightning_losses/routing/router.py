@@ -25,9 +25,24 @@ from lightning_losses.terms import TOTAL
 
 
 def reached_parameters(output: Tensor) -> set[int]:
-    """Ids of the leaf tensors ``output``'s autograd graph reaches (walked once per key set)."""
+    """Ids of the leaf tensors ``output``'s autograd graph reaches (walked once per key set).
+
+    Through a ``torch.compile``'d region the walk sees one node whose inputs are every tensor
+    the region used, so the answer is then a superset (see :func:`walk`)."""
+    return walk(output)[0]
+
+
+def walk(output: Tensor) -> tuple[set[int], bool]:
+    """``reached_parameters`` and whether the walk crossed a compiled region.
+
+    A compiled region's backward is one autograd node (``CompiledFunctionBackward``) listing
+    every input of the region; which output reaches which input is not in the graph. Crossing
+    one makes the leaves found an over-approximation: "reaches nothing of X" stays exact,
+    "reaches X" may not be.
+    """
     seen: set[Any] = set()
     leaves: set[int] = set()
+    opaque = False
     stack: list[Any] = [output.grad_fn] if output.grad_fn is not None else []
     while stack:
         node = stack.pop()
@@ -37,8 +52,17 @@ def reached_parameters(output: Tensor) -> set[int]:
         variable = getattr(node, "variable", None)  # AccumulateGrad: a leaf
         if variable is not None:
             leaves.add(id(variable))
+        elif type(node).__name__ == _COMPILED_NODE:
+            opaque = True
         stack.extend(next_node for next_node, _ in node.next_functions)
-    return leaves
+    return leaves, opaque
+
+
+#: The class name autograd gives the backward node of an AOTAutograd-compiled region.
+_COMPILED_NODE = "CompiledFunctionBackward"
+#: Steps run eagerly to decide one key set whose graph was compiled, before settling for the
+#: conservative verdict (a key set that never comes back in an eager step).
+_EAGER_LOOKS = 2
 
 
 class _InjectGradients(torch.autograd.Function):
@@ -84,19 +108,19 @@ class Router:
     ) -> None:
         self.optimizer = optimizer
         self.routes = list(optimizer.optimizers)
-        #: Each route's parameters as the step's graph holds them (see ``note``).
-        self.params = {
-            route: [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
-            for route, opt in optimizer.optimizers.items()
-        }
         # FSDP: the optimizers hold sharded parameters, the step's graph other tensors under the
         # same names, which exist from the first forward on (sharding.leaf_resolver)
         self._leaves = leaves
+        self._resolved = leaves is None
         #: Whether the graph differentiates other tensors than the optimizers' (FSDP).
         self.sharded = False
         #: Whether those are views of a flat parameter (FSDP1), not leaves of the graph.
         self.views = False
+        self._version = -1
+        self.params: dict[Route, list[Tensor]] = {}
         self._fast: BoundedCache[tuple[str, ...], bool] = BoundedCache()
+        self._looks: BoundedCache[tuple[str, ...], int] = BoundedCache()
+        self._refresh()
         self.matched: set[Route] = set()
         self._noted: BoundedCache[tuple[str, ...], bool] = BoundedCache()  # checked key sets
         self._unrouted_warned: set[str] = set()
@@ -110,29 +134,59 @@ class Router:
     def one_backward_suffices(self, terms: tuple[str, ...], losses: list[Tensor]) -> bool:
         """Whether the plain backward of the total gives every parameter its route's gradient:
         no term outside a route reaches that route's parameters. Decided once per key set."""
-        verdict = self._fast.get(terms)
+        self._refresh()
         if self.views:  # no leaf to find in the graph: the surrogate, always right
             return False
+        verdict = self._fast.get(terms)
         if verdict is None:
-            reach = [reached_parameters(loss) for loss in losses]
+            walks = [walk(loss) for loss in losses]
             verdict = True
             for route in self.routes:
                 inside = set(self.members(route, terms))
                 owned = {id(p) for p in self.params[route]}
-                if any(reach[i] & owned for i in range(len(terms)) if i not in inside):
+                if any(walks[i][0] & owned for i in range(len(terms)) if i not in inside):
                     verdict = False
                     break
+            looks = self._looks.get(terms) or 0
+            if not verdict and looks < _EAGER_LOOKS and any(opaque for _, opaque in walks):
+                # Hidden inside a compiled region: this step takes the per-route path (always
+                # exact), and the next closure runs eagerly so that its graph decides.
+                self._looks.put(terms, looks + 1)
+                self.optimizer.eager_forward = True
+                return False
+            if not verdict:
+                self.optimizer.several_backwards = True
             self._fast.put(terms, verdict)
         return verdict
 
+    def _refresh(self) -> None:
+        """Re-read the routes' parameters after they changed (``add_param_group``)."""
+        version = self.optimizer.refresh()
+        if version == self._version:
+            return
+        self._version = version
+        self.params = {
+            route: [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+            for route, opt in self.optimizer.optimizers.items()
+        }
+        self._fast = BoundedCache()
+        self._resolved = self._leaves is None
+
+    def _resolve(self) -> None:
+        """Each route's parameters as the step's graph holds them (during a step, after its
+        forward)."""
+        assert self._leaves is not None
+        held = self.params
+        self.params = {route: self._leaves(ps) for route, ps in held.items()}
+        self._resolved = True
+        pairs = [(a, b) for r in held for a, b in zip(held[r], self.params[r])]
+        self.sharded = any(a is not b for a, b in pairs)
+        self.views = any(not b.is_leaf for _, b in pairs)
+
     def note(self, terms: tuple[str, ...]) -> None:
-        if self._leaves is not None:  # the first step, after its forward
-            held = self.params
-            self.params = {route: self._leaves(ps) for route, ps in held.items()}
-            self._leaves = None
-            pairs = [(a, b) for r in held for a, b in zip(held[r], self.params[r])]
-            self.sharded = any(a is not b for a, b in pairs)
-            self.views = any(not b.is_leaf for _, b in pairs)
+        self._refresh()
+        if not self._resolved:
+            self._resolve()
         for route in self.routes:
             if self.members(route, terms):
                 self.matched.add(route)
@@ -166,6 +220,7 @@ class Router:
     ) -> Tensor:
         """A loss whose gradient w.r.t. each parameter of ``routes`` (default: all) is its
         route's gradient; every other parameter gets a zero gradient."""
+        self._refresh()
         stepping = self.routes if routes is None else [r for r in self.routes if r in routes]
         params: list[Tensor] = []
         grads: list[Tensor | None] = []
@@ -178,13 +233,23 @@ class Router:
             route_loss = torch.stack([weighted[i] for i in members]).sum()
             # outside autocast, like the backward Lightning runs after training_step: a backward
             # under autocast would recast ops and differ from it
+            retain = self.sharded or index < len(stepping) - 1
             with torch.autocast(route_loss.device.type, enabled=False):
-                found = torch.autograd.grad(
-                    route_loss,
-                    owned,
-                    retain_graph=self.sharded or index < len(stepping) - 1,
-                    allow_unused=True,
-                )
+                try:
+                    found = torch.autograd.grad(
+                        route_loss, owned, retain_graph=retain, allow_unused=True
+                    )
+                except RuntimeError as error:
+                    if retain and "donated buffer" in str(error):
+                        raise RuntimeError(
+                            f"per-key routes {self.route_names()} need one backward per route "
+                            "here (a term of one route reaches another route's parameters), "
+                            "and torch.compile's donated buffers allow only one backward "
+                            "through a compiled region; expected "
+                            "torch._functorch.config.donated_buffer = False before compiling, "
+                            "or routes whose terms reach only their own parameters"
+                        ) from error
+                    raise
             params += owned
             grads += [None if g is None else g.detach() for g in found]
         # Parameters of routes without a term this step (or not stepping now) still join the
@@ -203,9 +268,9 @@ class Router:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         injected = _InjectGradients.apply(not distributed, grads, *params)
         if self.sharded:
-            # FSDP2 unshards and reduce-scatters from hooks on forward's outputs, which a backward
-            # of the injected gradients alone never reaches: a zero through the terms makes the
-            # backward Lightning runs one FSDP2 takes part in (one more backward pass).
+            # FSDP unshards and reduces from hooks on forward's outputs, which a backward of the
+            # injected gradients alone never reaches: a zero through the terms makes the backward
+            # Lightning runs one FSDP takes part in (one more backward pass).
             injected = injected + weighted.sum() * 0
         return injected
 
