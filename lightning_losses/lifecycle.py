@@ -31,6 +31,7 @@ from torch.optim import Optimizer
 
 from lightning_losses import (
     _lightning,
+    absent_terms,
     aggregation,
     checkpoint_state,
     context,
@@ -155,6 +156,8 @@ class Lifecycle:
         self.metrics = None if metrics is None else evaluation.EvalMetrics(metrics, metric_inputs)
         self.aggregator = aggregator
         self.shared = SharedParameters(shared_parameters)
+        #: Optional terms under DDP/FSDP2: zero gradients where the objective does not reach.
+        self.absent = absent_terms.AbsentTerms()
         self.diagnostics = (
             GradientDiagnostics(grad_diagnostics_every_n_steps, self.shared)
             if grad_diagnostics_every_n_steps is not None
@@ -171,6 +174,7 @@ class Lifecycle:
         self._trainer: Any = None
         self._writes: Any = None
         self._steps: Any = None
+        self._distributed = False
 
     @property
     def weighting(self) -> Any:
@@ -258,6 +262,8 @@ class Lifecycle:
             objective = self.routing.objective(router, plan.terms, list(terms), weighted, total)
             if penalty is not None and objective is not total:
                 objective = objective + penalty
+        if self._distributed:
+            objective = self.absent.cover(self.module, plan.terms, objective)
         log = self.recorder.log
         steps = self._steps if self.guards.nonfinite == "raise" else None
         row = log.stage(plan, total.device, None if steps is None else steps.completed)
@@ -303,6 +309,7 @@ class Lifecycle:
         if self.diagnostics is not None and self.diagnostics.due(step):
             self._diagnose(plan.terms, terms)
         objective = self._objective(plan.terms, terms, combined, trainer)
+        objective = self.absent.cover(self.module, plan.terms, objective)
         if sequential:
             self.routing.pend(parsed)
         else:
@@ -556,6 +563,7 @@ class Lifecycle:
         self._trainer = trainer
         self._writes = _lightning.StepWrites(trainer)
         self._steps = _lightning.step_counter(trainer)
+        self._distributed = trainer.world_size > 1
         eligible = (
             self._steps is not None  # automatic optimization
             and self.guards.nonfinite != "skip"  # a host-side decision every step

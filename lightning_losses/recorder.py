@@ -12,7 +12,6 @@ what it reduces to Lightning, at the moments Lightning writes its own values:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -31,9 +30,6 @@ from lightning_losses.terms import TOTAL, ParsedOutput, check_term_devices
 from lightning_losses.total import Combined
 from lightning_losses.tracking import Reduced, accumulator_dtype
 from lightning_losses.weights import LossWeights
-
-#: Lightning's advice for epoch-level values under DDP; ours are reduced over ranks already.
-_SYNC_DIST_ADVICE = r"It is recommended to use `self\.log\('"
 
 
 class Recorder:
@@ -141,20 +137,20 @@ class Recorder:
         )
         self.summaries.define(trainer, epoch_means, self.log.kind_of)
         # self.log (not a direct logger write) so that these land in Lightning's own epoch-end
-        # row and callbacks can monitor them. The values are already means over all ranks:
-        # Lightning's advice to pass sync_dist=True would cost one collective per key, so that
-        # one warning is silenced here, locally, rather than by a global filter per name.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_SYNC_DIST_ADVICE)
-            for name, value in epoch_means.items():
-                module.log(
-                    name,
-                    torch.tensor(value, dtype=torch.float64),
-                    on_step=False,
-                    on_epoch=True,
-                    batch_size=1,
-                    sync_dist=False,
-                )
+        # row and callbacks can monitor them. The values are already means over all ranks, the
+        # same on every rank: sync_dist=True says they are synchronised (Lightning advises it at
+        # the epoch's end otherwise, once per key), rank_zero_only=True that Lightning must not
+        # reduce them again (its sync function becomes a no-op: no collective per key).
+        for name, value in epoch_means.items():
+            module.log(
+                name,
+                torch.tensor(value, dtype=torch.float64),
+                on_step=False,
+                on_epoch=True,
+                batch_size=1,
+                sync_dist=True,
+                rank_zero_only=True,
+            )
         return reduced
 
     def end_eval(self, stage: str, device: torch.device) -> list[dict[str, float]]:

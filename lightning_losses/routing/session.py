@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_losses import _lightning
+from lightning_losses import _lightning, sharding
 from lightning_losses.routing.config import is_route_map, parse_route_map
 from lightning_losses.routing.optimizer import RoutedOptimizer, routed_optimizer
 from lightning_losses.routing.route import EVERY_ROUTE, Route, route_name
@@ -62,7 +62,8 @@ class RoutingSession:
         if self.router is None and trainer is not None:
             composite = routed_optimizer(trainer.optimizers)
             if composite is not None:
-                self.router = Router(composite)
+                module = trainer.lightning_module
+                self.router = Router(composite, sharding.leaf_resolver(module))
         return self.router
 
     def begin_batch(self, trainer: pl.Trainer, combines_terms: str | None) -> bool:
