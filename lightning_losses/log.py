@@ -27,7 +27,7 @@ from torch import Tensor
 
 from lightning_losses.cache import BoundedCache
 from lightning_losses.plan import WEIGHT_PREFIX, StepPlan
-from lightning_losses.tracking import KeyRegistry, MeanAccumulator, Reduced
+from lightning_losses.tracking import KeyRegistry, MeanAccumulator, Reduced, device_tensor
 from lightning_losses.weights import WeightPlan
 
 #: Staged training steps per plan before they are summed into the window (see plan.py): a
@@ -208,10 +208,8 @@ class LossLog:
     def record_diagnostics(self, names: tuple[str, ...], values: Tensor) -> None:
         """Gradient statistics of one step, into the same window as the losses."""
         session = self.session
-        slots = torch.tensor(
-            session.registry.slots(names, ["diagnostic"] * len(names)),
-            dtype=torch.long,
-            device=values.device,
+        slots = device_tensor(
+            session.registry.slots(names, ["diagnostic"] * len(names)), torch.long, values.device
         )
         session.window.update(names, slots, values)
 

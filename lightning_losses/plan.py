@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from lightning_losses.terms import TOTAL
-from lightning_losses.tracking import KeyRegistry, accumulator_dtype
+from lightning_losses.tracking import KeyRegistry, accumulator_dtype, device_tensor
 from lightning_losses.weights import WeightPlan
 
 WEIGHT_PREFIX = "weight"
@@ -103,8 +103,7 @@ class StepPlan:
         if self._slots is None or self._version != registry.version or self._slots.device != device:
             slots = registry.slots(self.logged_names, self.kinds)
             self._version = registry.version
-            with torch.inference_mode(False):  # also used by training after a validate()
-                self._slots = torch.tensor(slots, dtype=torch.long, device=device)
+            self._slots = device_tensor(slots, torch.long, device)
         return self._slots
 
     @property
@@ -163,8 +162,5 @@ class StepPlan:
 
     def weight_index(self, device: torch.device) -> Tensor:
         if self._weight_index is None or self._weight_index.device != device:
-            with torch.inference_mode(False):
-                self._weight_index = torch.tensor(
-                    self.logged_weights, dtype=torch.long, device=device
-                )
+            self._weight_index = device_tensor(list(self.logged_weights), torch.long, device)
         return self._weight_index

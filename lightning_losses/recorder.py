@@ -28,7 +28,7 @@ from lightning_losses.names import NameCheck
 from lightning_losses.plan import StepPlan
 from lightning_losses.terms import TOTAL, ParsedOutput, check_term_devices
 from lightning_losses.total import Combined
-from lightning_losses.tracking import Reduced, accumulator_dtype
+from lightning_losses.tracking import Reduced, accumulator_dtype, device_tensor
 from lightning_losses.weights import LossWeights
 
 
@@ -225,7 +225,7 @@ def _concatenate(
         parts.append(stacked.to(buffer.dtype))
     if plan.number_metrics:
         numbers = [float(parsed.metrics[k]) for k in plan.number_metrics]
-        parts.append(torch.tensor(numbers, dtype=buffer.dtype).to(device, non_blocking=True))
+        parts.append(device_tensor(numbers, buffer.dtype, device))
     if plan.logged_weights and weights is not None:
         parts.append(weights if plan.logs_every_weight else weights[plan.weight_index(device)])
     return torch.cat([p.to(buffer.dtype) for p in parts], out=buffer)

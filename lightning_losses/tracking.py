@@ -29,6 +29,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -39,6 +40,18 @@ from lightning_losses import collectives
 def accumulator_dtype(device: torch.device) -> torch.dtype:
     """float64 keeps 10^5+ accumulated steps exact to ~1e-12; MPS has no float64."""
     return torch.float32 if device.type == "mps" else torch.float64
+
+
+def device_tensor(values: list[Any], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``torch.tensor(values)`` on ``device`` without making the host wait: on a GPU through
+    pinned memory and an asynchronous copy (a plain copy from pageable memory blocks until the
+    device has caught up, which a plan built mid-run must not do). Made outside inference
+    mode: plans built during ``validate()`` are reused by training."""
+    with torch.inference_mode(False):
+        host = torch.tensor(values, dtype=dtype)
+        if device.type != "cuda":
+            return host.to(device)
+        return host.pin_memory().to(device, non_blocking=True)
 
 
 class KeyRegistry:
@@ -254,9 +267,7 @@ class MeanAccumulator:
         """``note_nonfinite`` for several staged steps: ``rows[i]`` was recorded at
         ``steps[i]``; the encoded entries of all rows are reduced with one ``amax``."""
         self._ensure(rows.device)
-        encoded = torch.tensor(
-            [_LATEST - step for step in steps], dtype=rows.dtype, device=rows.device
-        )
+        encoded = device_tensor([_LATEST - step for step in steps], rows.dtype, rows.device)
         candidate = torch.where(torch.isfinite(rows), 0.0, encoded[:, None]).amax(0)
         self._first.scatter_reduce_(0, slots, candidate, "amax")
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from lightning_losses.cache import BoundedCache
 from lightning_losses.terms import describe, is_pattern
+from lightning_losses.tracking import device_tensor
 
 #: A term's weight: a constant, or a schedule ``global_step -> weight``.
 WeightValue = float | Callable[[int], float]
@@ -41,8 +42,7 @@ class WeightPlan:
             key = (device, dtype)
             cached = self._device_constants.get(key)
             if cached is None:
-                with torch.inference_mode(False):  # reused by training after a validate()
-                    cached = torch.tensor(self._constants, dtype=dtype, device=device)
+                cached = device_tensor(self._constants, dtype, device)
                 self._device_constants[key] = cached
             return cached
         values = list(self._constants)

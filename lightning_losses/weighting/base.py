@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from lightning_losses.cache import BoundedCache
 from lightning_losses.terms import describe
+from lightning_losses.tracking import device_tensor
 
 
 class Weighting(nn.Module):
@@ -89,8 +90,7 @@ class PerTerm(Weighting):
                     f"{', '.join(map(repr, unknown))}, not in its terms {list(self.terms)}; "
                     "expected every loss term to be listed"
                 )
-            with torch.inference_mode(False):  # reused by training after a validate()
-                index = torch.tensor([self._position[n] for n in names], device=device)
+            index = device_tensor([self._position[n] for n in names], torch.long, device)
             self._indices.put(key, index)
         return index
 

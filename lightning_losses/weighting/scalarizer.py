@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from lightning_losses import collectives
 from lightning_losses.terms import describe
+from lightning_losses.tracking import device_tensor
 from lightning_losses.weighting.base import Weighting
 
 
@@ -174,7 +175,7 @@ class ScalarizerWeighting(Weighting):
                 f"unexpected {extra}); expected every term at every step (torchjd's scalarizers "
                 "have a fixed shape)"
             )
-        order = torch.tensor([names.index(t) for t in self.terms], device=device)
+        order = device_tensor([names.index(t) for t in self.terms], torch.long, device)
         self._order[names] = order
         return order
 
