@@ -301,8 +301,7 @@ def configurations(k: int) -> dict[str, tuple[Callable[[], Any], Callable[[], An
 def added_costs(k: int) -> dict[str, Counts]:
     """Per configuration: what ours adds to its twin per non-writing step."""
     return {
-        name: count(ours).minus(count(plain))
-        for name, (ours, plain) in configurations(k).items()
+        name: count(ours).minus(count(plain)) for name, (ours, plain) in configurations(k).items()
     }
 
 
@@ -314,9 +313,7 @@ def main() -> None:
     print(f"{'configuration':<24}{'K':>5}{'ops added':>11}{'Python calls':>14}{'C calls':>9}")
     for k in args.terms:
         for name, added in added_costs(k).items():
-            print(
-                f"{name:<24}{k:>5}{added.ops:>11.1f}{added.calls:>14.1f}{added.c_calls:>9.1f}"
-            )
+            print(f"{name:<24}{k:>5}{added.ops:>11.1f}{added.calls:>14.1f}{added.c_calls:>9.1f}")
 
 
 if __name__ == "__main__":

@@ -155,7 +155,8 @@ class StepPlan:
                 constant = not (self.learned_weights or self.weights.has_schedules)
                 if self.logged_weights and constant:  # constants: written once, here
                     constants = self.weights.vector(0, device, self.rows.dtype)
-                    self.rows[:, prefix:] = constants[list(self.logged_weights)]
+                    logged = constants.index_select(0, self.weight_index(device))
+                    self.rows[:, prefix:] = logged
             self.filled = 0
             self.row_steps.clear()
         return self.row_views
