@@ -68,7 +68,10 @@ class SharedParameters:
             else:
                 reach = [reached_parameters(loss) for loss in losses]
                 trainable = [p for p in module.parameters() if p.requires_grad]
-                if not trainable:
+                reached = set().union(*reach)
+                if not any(id(p) in reached for p in trainable):
+                    # none held (FSDP1 sharded), or none reached: what the graph holds are views
+                    # of FSDP1's flat parameter (also unsharded, on one device)
                     raise RuntimeError(
                         "gradient diagnostics and aggregator= differentiate the loss terms with "
                         "respect to the module's trainable parameters, but it holds none during "
