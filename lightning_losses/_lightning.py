@@ -337,3 +337,11 @@ def fit_has_val_loader(trainer: pl.Trainer) -> bool:
     requests them whenever ``validation_step`` is defined, loader or not.
     """
     return bool(trainer.fit_loop.epoch_loop.val_loop._data_source.is_defined())
+
+
+def progress_bar_values(trainer: pl.Trainer) -> dict[str, Any]:
+    """The dict Lightning's progress bars read their values from (``progress_bar_metrics``
+    returns it, updated with what ``self.log(prog_bar=True)`` logged). Lightning replaces it
+    when a run starts and around the sanity check, so it is looked up at the first training
+    batch. Writing a value there is what ``self.log(prog_bar=True)`` ends up doing."""
+    return trainer._logger_connector._progress_bar_metrics

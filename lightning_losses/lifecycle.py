@@ -47,7 +47,12 @@ from lightning_losses.guards import (
     nothing_requires_grad,
     zero_through_parameters,
 )
-from lightning_losses.recorder import Recorder, skipped_steps_metric, warn_untrained_eval
+from lightning_losses.recorder import (
+    LazyValue,
+    Recorder,
+    skipped_steps_metric,
+    warn_untrained_eval,
+)
 from lightning_losses.routing.session import RouteMode, RoutingSession, is_routed
 from lightning_losses.shared import SharedParameters
 from lightning_losses.terms import (
@@ -175,6 +180,10 @@ class Lifecycle:
         self._writes: Any = None
         self._steps: Any = None
         self._distributed = False
+        #: The progress bar's values dict (looked up at the first training batch of a fit), and
+        #: one lazy value per shown name (see recorder.LazyValue).
+        self._bar: dict[str, Any] | None = None
+        self._lazy: dict[str, LazyValue] = {}
 
     @property
     def weighting(self) -> Any:
@@ -280,6 +289,12 @@ class Lifecycle:
             return _FULL_PATH
         finally:
             fastpath.set_grad_enabled(True)
+        bar = self._bar
+        if bar is not None:
+            for (name, _), view in zip(plan.bar_columns, plan.bar_views[row]):
+                lazy = self._lazy.get(name) or self._lazy.setdefault(name, LazyValue())
+                lazy.source = view
+                bar[name] = lazy
         log.session.window_open = True
         if self._writes.due():
             self._write_window(self._trainer)
@@ -322,6 +337,12 @@ class Lifecycle:
                 step=step,
                 check_nonfinite=guards.nonfinite == "raise",
             )
+            bar = self._bar
+            if bar is not None:
+                for (name, _), view in zip(plan.bar_columns, plan.buffer_bar_views):
+                    lazy = self._lazy.get(name) or self._lazy.setdefault(name, LazyValue())
+                    lazy.source = view
+                    bar[name] = lazy
             if self._fast is not None and type(output) is dict:
                 fast = fastpath.build(
                     output, parsed, plan, self.weighting is not None, combined.losses
@@ -564,6 +585,7 @@ class Lifecycle:
         self._writes = _lightning.StepWrites(trainer)
         self._steps = _lightning.step_counter(trainer)
         self._distributed = trainer.world_size > 1
+        self._bar = None  # (Lightning replaces it around the sanity check)
         eligible = (
             self._steps is not None  # automatic optimization
             and self.guards.nonfinite != "skip"  # a host-side decision every step
@@ -580,6 +602,8 @@ class Lifecycle:
         context.STEP.set(context.Collected(module))  # add_loss / add_metric of this step
         if self._scalarizer:  # FAMO: did this batch step?
             self._step_at_batch_start = module.trainer.global_step
+        if self._bar is None:
+            self._bar = _lightning.progress_bar_values(module.trainer)
         routing = self.routing
         if not routing.single_optimizer and routing.begin_batch(
             module.trainer, self._combines_terms()

@@ -62,6 +62,7 @@ class StepPlan:
     total_position: int = field(init=False)
     _slots: Tensor | None = field(default=None, init=False)
     _buffer: Tensor | None = field(default=None, init=False)
+    buffer_bar_views: tuple[Tensor, ...] = field(default=(), init=False)
     _weight_index: Tensor | None = field(default=None, init=False)
     _nonfinite_slots: Tensor | None = field(default=None, init=False)
     _nonfinite_values: Tensor | None = field(default=None, init=False)
@@ -74,6 +75,11 @@ class StepPlan:
     weight_views: list[Tensor] = field(default_factory=list, init=False)
     #: The logged weights come from a ``weighting=`` (written per step), not constants.
     learned_weights: bool = field(default=False, init=False)
+    #: Names shown in the progress bar, with their position in the step's values (see
+    #: ``bar_views``), set by the recorder for training plans.
+    bar_columns: tuple[tuple[str, int], ...] = field(default=(), init=False)
+    #: Per staging row (and last, for the step buffer): views of its progress-bar values.
+    bar_views: list[tuple[Tensor, ...]] = field(default_factory=list, init=False)
     filled: int = field(default=0, init=False)
     #: The global step of each filled row (for the first non-finite step), when checked.
     row_steps: list[int] = field(default_factory=list, init=False)
@@ -135,6 +141,7 @@ class StepPlan:
                     len(self.logged_names), dtype=accumulator_dtype(device), device=device
                 )
                 self._nonfinite_values = None
+                self.buffer_bar_views = tuple(self._buffer[c] for _, c in self.bar_columns)
         return self._buffer
 
     def staging(self, device: torch.device, capacity: int) -> list[Tensor]:
@@ -151,6 +158,9 @@ class StepPlan:
                 self.row_views = list(self.rows.unbind())
                 prefix = len(self.logged_names) - len(self.logged_weights)
                 self.prefix_views = [row[:prefix] for row in self.row_views]
+                self.bar_views = [
+                    tuple(row[column] for _, column in self.bar_columns) for row in self.row_views
+                ]
                 self.weight_views = [row[prefix:] for row in self.row_views]
                 constant = not (self.learned_weights or self.weights.has_schedules)
                 if self.logged_weights and constant:  # constants: written once, here

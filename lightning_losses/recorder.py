@@ -12,6 +12,7 @@ what it reduces to Lightning, at the moments Lightning writes its own values:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -82,6 +83,11 @@ class Recorder:
             key, stage, loader, terms, tensor_metrics, number_metrics, weight_plan, logged
         )
         plan.learned_weights = weighted
+        if stage == "train":
+            shown = self.prog_bar
+            plan.bar_columns = tuple(
+                (name, i) for i, name in enumerate(plan.logged_names) if name in shown
+            )
         return plan
 
     def record(
@@ -179,6 +185,38 @@ class Recorder:
         if self.default_prog_bar:
             names = [t for route in routes for t in route if t != TOTAL]
             self.prog_bar = frozenset(f"train/{name}" for name in names) or self.prog_bar
+
+
+class LazyValue:
+    """A progress-bar value that stays on the device until the bar draws it.
+
+    The bar formats its values only on the steps it redraws (``TQDMProgressBar(refresh_rate=)``),
+    so reading the device value there, and only there, is what Lightning's own
+    ``self.log(..., prog_bar=True)`` costs; a step the bar does not redraw adds no host sync.
+    ``source`` is a 0-dim view of the latest step's value (in the plan's staging row).
+    """
+
+    __slots__ = ("source",)
+
+    def __init__(self) -> None:
+        self.source: Tensor | None = None
+
+    def __float__(self) -> float:
+        return float(self.source) if self.source is not None else float("nan")
+
+    def __format__(self, spec: str) -> str:
+        return format(float(self), spec)
+
+    def __str__(self) -> str:
+        return str(float(self))
+
+    __repr__ = __str__
+
+    def __round__(self, ndigits: int | None = None) -> float:
+        return round(float(self), ndigits)
+
+
+numbers.Real.register(LazyValue)  # formatted like a number by tqdm and rich
 
 
 def skipped_steps_metric(count: int) -> dict[str, float]:
