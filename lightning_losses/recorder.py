@@ -230,9 +230,9 @@ def warn_untrained_eval(stage: str, names: Iterable[str], warned: set[str]) -> N
     warned.update(names)
     rank_zero_warn(
         f"{stage}: no training step has told loss terms from metrics yet (it goes by which "
-        f"values carry a gradient), so every 0-dim floating value counts as a term of "
-        f"{stage}/loss: {', '.join(map(repr, names))}. Pass loss_keys= to decide, or load a "
-        "checkpoint of a trained model."
+        f"values carry a gradient) and nothing in the configuration names these values, so "
+        f"they count as terms of {stage}/loss: {', '.join(map(repr, names))}. Pass loss_keys= "
+        "to decide, or load a checkpoint of a trained model."
     )
 
 

@@ -62,8 +62,10 @@ class KeySelector:
     metric, never summed into the loss. Evaluation runs without gradients, so it asks training's
     verdicts instead: ``val/loss`` is the same weighted sum as ``train/loss``. A name that has been
     a term once stays one (a curve does not change meaning mid-run); the verdicts travel in
-    checkpoints. Before any training step there is no verdict, and evaluation falls back to
-    "every 0-dim floating tensor is a term" (the caller warns once).
+    checkpoints. Before any training step there is no verdict: what the configuration names
+    (``loss_keys``, a weighting's terms, ``loss_weights`` patterns, routes) decides, and a 0-dim
+    floating tensor nothing names is a term unless the named terms are all there are (the caller
+    warns once about such a guess).
 
     Explicit ``loss_keys`` decide by name alone, in every stage. Verdicts on names and patterns are
     cached; the entries of ``loss_keys`` that matched are remembered so that one which never
