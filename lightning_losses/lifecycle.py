@@ -371,9 +371,11 @@ class Lifecycle:
             and not select.trained
             and (len(parsed.terms) > 1 or parsed.metrics)  # a lone value can only be the loss
             and not self._warned_untrained
+            and not (trainer is not None and trainer.sanity_checking)
         ):
-            # once, and only where the guess can be wrong: a name nothing in the configuration
-            # calls a term, beside other values
+            # once, and only where the guess can be wrong and shows: a name nothing in the
+            # configuration calls a term, beside other values, in a validate()/test() before
+            # training (the sanity check's values are never written)
             warn_untrained_eval(
                 stage, [n for n in parsed.terms if select.guessed(n)], self._warned_untrained
             )

@@ -89,7 +89,7 @@ class LossDictModule(pl.LightningModule):
         optimizer: ``params -> Optimizer``, used by the default ``configure_optimizers``.
         lr_scheduler: ``optimizer -> scheduler`` (or a Lightning scheduler dict), likewise.
         nonfinite: ``"raise"``, ``"skip"`` or ``"off"``: what a non-finite loss term does.
-        prog_bar: names (without ``train/``) shown in the progress bar.
+        prog_bar: names (without ``train/``) shown in the progress bar, from the first step.
         grad_diagnostics_every_n_steps: log each term's gradient norm on the shared parameters
             (``grad_norm/<term>``) and the cosine between every two terms' gradients
             (``grad_cos/<a>_vs_<b>``) every this many steps; ``None`` (default) never.
