@@ -7,7 +7,6 @@ because the user's only other clue would be a traceback deep inside Lightning.
 
 from __future__ import annotations
 
-import fnmatch
 import numbers
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +16,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lightning_losses.cache import BoundedCache
+from lightning_losses.patterns import NamePatterns
+
 #: ``loss_keys`` as users may give it: ``None`` (a 0-dim floating tensor that carries a gradient
 #: in training), names or glob patterns, or a predicate on the flattened name.
 LossKeys = str | Collection[str] | Callable[[str], bool] | None
@@ -24,13 +26,6 @@ LossKeys = str | Collection[str] | Callable[[str], bool] | None
 SEPARATOR = "/"
 #: The name a bare scalar return gets, and the name of the weighted total in the logs.
 TOTAL = "loss"
-
-_GLOB_CHARS = frozenset("*?[")
-
-
-def is_pattern(name: str) -> bool:
-    """Whether ``name`` is a glob pattern rather than a literal key."""
-    return any(char in _GLOB_CHARS for char in name)
 
 
 def describe(value: Any) -> str:
@@ -89,8 +84,8 @@ class KeySelector:
         #: The entry that already is the model's weighted total (see ``parse_output``).
         self.total_key = total_key
         self._predicate: Callable[[str], bool] | None = None
-        self._names: frozenset[str] = frozenset()
-        self._patterns: tuple[str, ...] = ()
+        #: ``loss_keys`` as names and patterns (each mapped to True: it selects a term).
+        self._keys: NamePatterns[bool] = NamePatterns()
         if loss_keys is None:
             pass
         elif isinstance(loss_keys, str):
@@ -104,12 +99,10 @@ class KeySelector:
                 f"loss_keys is {describe(loss_keys)}; expected None, a name or glob pattern, "
                 "a collection of them, or a callable name -> bool"
             )
-        self._verdicts: dict[str, bool] = {}
-        self._matched: set[str] = set()
+        self._verdicts: BoundedCache[str, bool] = BoundedCache(4096)
         #: What the configuration calls a loss term (``loss_weights`` entries, a weighting's term
         #: list): before any training step these decide (see :meth:`before_training`).
-        self._named: frozenset[str] = frozenset()
-        self._named_patterns: tuple[str, ...] = ()
+        self._named: NamePatterns[bool] = NamePatterns()
         #: Whether the named terms are all the terms there are (a weighting's list is).
         self._named_all = False
         #: Names added with ``add_metric``: never a term.
@@ -127,22 +120,17 @@ class KeySelector:
                     f"loss_keys entry {entry!r} is {describe(entry)}; expected a non-empty name "
                     "or glob pattern"
                 )
-        self._names = frozenset(e for e in entries if not is_pattern(e))
-        self._patterns = tuple(e for e in entries if is_pattern(e))
+        self._keys = NamePatterns((e, True) for e in entries)
 
     def name_terms(self, names: Collection[str], all_terms: bool = False) -> None:
         """Names or glob patterns the configuration calls loss terms; ``all_terms`` when no other
         name can be one (a weighting weighs exactly its own list)."""
-        names = [n for n in names if isinstance(n, str) and n]
-        self._named |= {n for n in names if not is_pattern(n)}
-        self._named_patterns += tuple(n for n in names if is_pattern(n))
+        self._named.extend((n, True) for n in names if isinstance(n, str) and n)
         self._named_all = self._named_all or all_terms
 
     def named(self, name: str) -> bool:
         """Whether the configuration calls ``name`` a loss term."""
-        return name in self._named or any(
-            fnmatch.fnmatchcase(name, pattern) for pattern in self._named_patterns
-        )
+        return self._named.match(name, False)
 
     def before_training(self, name: str) -> bool:
         """Whether ``name`` is a term before any training step has told terms by gradient.
@@ -193,7 +181,7 @@ class KeySelector:
         verdict = self._verdicts.get(name)
         if verdict is None:
             verdict = self._decide(name)
-            self._verdicts[name] = verdict
+            self._verdicts.put(name, verdict)
         return verdict
 
     def _decide(self, name: str) -> bool:
@@ -204,18 +192,11 @@ class KeySelector:
                     f"loss_keys({name!r}) returned {describe(verdict)}; expected a bool"
                 )
             return verdict
-        if name in self._names:
-            self._matched.add(name)
-            return True
-        for pattern in self._patterns:
-            if fnmatch.fnmatchcase(name, pattern):
-                self._matched.add(pattern)
-                return True
-        return False
+        return self._keys.match(name, False)
 
     def unmatched(self) -> list[str]:
         """The literal names and patterns of ``loss_keys`` that matched no returned key."""
-        return sorted((self._names | set(self._patterns)) - self._matched)
+        return self._keys.unmatched()
 
 
 @dataclass

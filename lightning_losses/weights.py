@@ -7,7 +7,6 @@ set and cached in a :class:`WeightPlan`; a step with constant weights reuses one
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import numbers
 from collections.abc import Callable, Mapping
@@ -16,7 +15,8 @@ import torch
 from torch import Tensor
 
 from lightning_losses.cache import BoundedCache
-from lightning_losses.terms import describe, is_pattern
+from lightning_losses.patterns import NamePatterns
+from lightning_losses.terms import describe
 from lightning_losses.tracking import device_tensor
 
 #: A term's weight: a constant, or a schedule ``global_step -> weight``.
@@ -68,8 +68,7 @@ class LossWeights:
                 f"loss_weights is {describe(loss_weights)}; expected a mapping from names or "
                 "glob patterns to floats or callables step -> float"
             )
-        self._exact: dict[str, WeightValue] = {}
-        self._patterns: list[tuple[str, WeightValue]] = []
+        entries: list[tuple[str, WeightValue]] = []
         for name, value in loss_weights.items():
             if not isinstance(name, str) or not name:
                 raise TypeError(
@@ -78,30 +77,17 @@ class LossWeights:
                 )
             if not callable(value):
                 value = _check_weight(name, value, "loss_weights")
-            if is_pattern(name):
-                self._patterns.append((name, value))
-            else:
-                self._exact[name] = value
-        self._resolved: dict[str, WeightValue] = {}
-        self._matched: set[str] = set()
+            entries.append((name, value))
+        self._table: NamePatterns[WeightValue] = NamePatterns(entries)
+        self._resolved: BoundedCache[str, WeightValue] = BoundedCache(4096)
         self._plans: BoundedCache[tuple[str, ...], WeightPlan] = BoundedCache()
 
     def resolve(self, name: str) -> WeightValue:
         value = self._resolved.get(name)
         if value is None:
-            value = self._lookup(name)
-            self._resolved[name] = value
+            value = self._table.match(name, 1.0)
+            self._resolved.put(name, value)
         return value
-
-    def _lookup(self, name: str) -> WeightValue:
-        if name in self._exact:
-            self._matched.add(name)
-            return self._exact[name]
-        for pattern, value in self._patterns:
-            if fnmatch.fnmatchcase(name, pattern):
-                self._matched.add(pattern)
-                return value
-        return 1.0
 
     def plan(self, names: tuple[str, ...]) -> WeightPlan:
         plan = self._plans.get(names)
@@ -112,7 +98,7 @@ class LossWeights:
 
     def unmatched(self) -> list[str]:
         """The names and patterns of ``loss_weights`` that matched no loss term."""
-        return sorted((set(self._exact) | {p for p, _ in self._patterns}) - self._matched)
+        return self._table.unmatched()
 
 
 def _check_weight(name: str, value: object, source: str) -> float:
