@@ -276,12 +276,21 @@ class Lifecycle:
         log = self.recorder.log
         steps = self._steps if self.guards.nonfinite == "raise" else None
         row = log.stage(plan, total.device, None if steps is None else steps.completed)
-        values = (*terms, total) if not plan.sole_total else (total,)
-        if fast.metrics is not None:
-            values += fast.metrics(output)
+        record = fast.record
         try:
             fastpath.set_grad_enabled(False)  # (grad is on: total requires grad)
-            torch.stack(values, out=plan.prefix_views[row])
+            if record == "head":  # [term, total], both the one term
+                plan.head_views[row].copy_(total)
+            elif record == "copies":
+                plan.terms_views[row].copy_(losses)  # type: ignore[arg-type]
+                plan.total_views[row].copy_(total)
+                if fast.metrics is not None:
+                    plan.metric_views[row].copy_(fast.metrics(output)[0])
+            else:
+                values = (*terms, total) if not plan.sole_total else (total,)
+                if fast.metrics is not None:
+                    values += fast.metrics(output)
+                plan.prefix_views[row].copy_(torch.stack(values))
             if plan.learned_weights:
                 plan.weight_views[row].copy_(weights)  # type: ignore[arg-type]
         except (RuntimeError, TypeError):
@@ -353,6 +362,7 @@ class Lifecycle:
                         fast.single and not routed,
                         fast.chained and not routed,
                     )
+                    fast.record = fastpath.record_mode(fast)
                     self._fast.put(tuple(output), fast)
         return step_output(objective, parsed)
 

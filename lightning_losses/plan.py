@@ -11,11 +11,12 @@ time): a derivation re-weights the steps of a window by whatever weights hold wh
 which is wrong after a resume with other ``loss_weights``, and under DDP it needs every rank to
 know the kind of every name. The cost is one more element in a concatenation that happens anyway.
 
-Training steps go one step further: a step's values are stacked, in one op, into the next row
-of the plan's staging buffer (``rows``), and the rows are summed into the window's accumulator
-only when the window is written, the buffer is full, or the epoch ends (:meth:`LossLog.flush`).
+Training steps go one step further: a step's values are copied, in one to three ops, into the
+next row of the plan's staging buffer (``rows``), and the rows are summed into the window's
+accumulator only when the window is written, the buffer is full, or the epoch ends
+(:meth:`LossLog.flush`).
 What needs the values themselves (which first step went non-finite) is found at that flush, from
-the rows and the step each row came from, so a non-writing step pays one op for its logging.
+the rows and the step each row came from, so a non-writing step pays those copies alone.
 
 When the only term is named ``loss`` (a bare scalar return, a HuggingFace output), the term *is*
 the total: it is logged once, as the total, and not also as a term of the same name.
@@ -73,6 +74,10 @@ class StepPlan:
     #: Each row without its weight columns (what a step stacks), and its weight columns.
     prefix_views: list[Tensor] = field(default_factory=list, init=False)
     weight_views: list[Tensor] = field(default_factory=list, init=False)
+    head_views: list[Tensor] = field(default_factory=list, init=False)
+    terms_views: list[Tensor] = field(default_factory=list, init=False)
+    total_views: list[Tensor] = field(default_factory=list, init=False)
+    metric_views: list[Tensor] = field(default_factory=list, init=False)
     #: The logged weights come from a ``weighting=`` (written per step), not constants.
     learned_weights: bool = field(default=False, init=False)
     #: Names shown in the progress bar, with their position in the step's values (see
@@ -158,6 +163,12 @@ class StepPlan:
                 self.row_views = list(self.rows.unbind())
                 prefix = len(self.logged_names) - len(self.logged_weights)
                 self.prefix_views = [row[:prefix] for row in self.row_views]
+                # the parts a step copies its values into (see fastpath.FastPlan.record)
+                k = self.total_position
+                self.head_views = [row[: k + 1] for row in self.row_views]
+                self.terms_views = [row[:k] for row in self.row_views]
+                self.total_views = [row[k] for row in self.row_views]
+                self.metric_views = [row[k + 1 : prefix] for row in self.row_views]
                 self.bar_views = [
                     tuple(row[column] for _, column in self.bar_columns) for row in self.row_views
                 ]

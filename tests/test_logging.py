@@ -6,8 +6,8 @@ import statistics
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MemoryLogger, MultiTask, make_trainer, multitask_data
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from conftest import MultiTask, make_trainer, multitask_data
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -185,26 +185,3 @@ def test_csv_and_tensorboard_together_receive_the_same_names(tmp_path):
     column = header.split(",").index("train/seg")
     csv_seg = [float(r.split(",")[column]) for r in csv_rows if r.split(",")[column]]
     assert csv_seg == pytest.approx(tb_seg)
-
-
-def test_progress_bar_shows_the_named_values_updated_only_at_writes():
-    class Watch(Callback):
-        def __init__(self) -> None:
-            self.seen: list[dict[str, float]] = []
-
-        def on_train_batch_end(self, trainer, *args) -> None:
-            self.seen.append(dict(trainer.progress_bar_metrics))
-
-    watch, logger = Watch(), MemoryLogger()
-    trainer = make_trainer(logger, max_steps=7, log_every_n_steps=3, callbacks=[watch])
-    trainer.fit(MultiTask(prog_bar=["loss", "seg"]), multitask_data())
-    assert set(watch.seen[-1]) == {"train/loss", "train/seg"}
-    # nothing before the first write (step 2), then the written means until the next write
-    written = dict(logger.series("train/seg"))
-    assert [s.get("train/seg") for s in watch.seen] == [
-        None,
-        None,
-        *[written[2]] * 3,
-        *[written[5]] * 2,
-    ]
-    assert watch.seen[-1]["train/loss"] == dict(logger.series("train/loss"))[5]
