@@ -195,7 +195,10 @@ def name_lr_series_by_parts(trainer: pl.Trainer, parts: Parts) -> None:
             whole, split = [], []
             for optimizer in optimizers:
                 found = parts(optimizer)
-                (whole if found is None else split).append(found or optimizer)
+                if found is None:
+                    whole.append(optimizer)
+                elif not any(optimizer is seen for seen in seen_optimizers):
+                    split.append(found)  # else a scheduler of the whole (SWA's SWALR) named it
             names, without_scheduler = _original(whole, seen_optimizers, seen_optimizer_types)
             for found in split:
                 for name, part in found:
