@@ -282,6 +282,12 @@ class RoutedOptimizer(Optimizer):
             self.add_param_group(group)
         return self.version
 
+    def parameters_version(self) -> int:
+        """``version``, cheaply (the routes' group counts): what the router checks every step."""
+        if self._route_sizes() != self._sizes or len(self._groups) != len(self._order):
+            self.refresh()
+        return self.version
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         params = param_group["params"]
         param_group["params"] = [params] if isinstance(params, Tensor) else list(params)
