@@ -17,6 +17,7 @@ from torch import Tensor
 
 from lightning_losses.cache import BoundedCache
 from lightning_losses.terms import describe, is_pattern
+from lightning_losses.tracking import device_tensor
 
 #: A term's weight: a constant, or a schedule ``global_step -> weight``.
 WeightValue = float | Callable[[int], float]
@@ -32,6 +33,7 @@ class WeightPlan:
         #: Positions whose weight is not the constant 1: these are logged as ``weight/<term>``.
         self.logged = tuple(i for i, v in enumerate(values) if callable(v) or float(v) != 1.0)
         self.all_ones = not self.logged
+        self.has_schedules = bool(self._schedules)
         self._device_constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     def vector(self, step: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -40,8 +42,7 @@ class WeightPlan:
             key = (device, dtype)
             cached = self._device_constants.get(key)
             if cached is None:
-                with torch.inference_mode(False):  # reused by training after a validate()
-                    cached = torch.tensor(self._constants, dtype=dtype, device=device)
+                cached = device_tensor(self._constants, dtype, device)
                 self._device_constants[key] = cached
             return cached
         values = list(self._constants)
@@ -84,10 +85,6 @@ class LossWeights:
         self._resolved: dict[str, WeightValue] = {}
         self._matched: set[str] = set()
         self._plans: BoundedCache[tuple[str, ...], WeightPlan] = BoundedCache()
-
-    @property
-    def has_schedules(self) -> bool:
-        return any(callable(v) for v in [*self._exact.values(), *(v for _, v in self._patterns)])
 
     def resolve(self, name: str) -> WeightValue:
         value = self._resolved.get(name)

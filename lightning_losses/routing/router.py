@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -100,9 +101,21 @@ class _InjectGradients(torch.autograd.Function):
 class Router:
     """Routes one step's weighted terms to the route optimizers' parameters."""
 
-    def __init__(self, optimizer: RoutedOptimizer) -> None:
+    def __init__(
+        self,
+        optimizer: RoutedOptimizer,
+        leaves: Callable[[list[Tensor]], list[Tensor]] | None = None,
+    ) -> None:
         self.optimizer = optimizer
         self.routes = list(optimizer.optimizers)
+        # FSDP: the optimizers hold sharded parameters, the step's graph other tensors under the
+        # same names, which exist from the first forward on (sharding.leaf_resolver)
+        self._leaves = leaves
+        self._resolved = leaves is None
+        #: Whether the graph differentiates other tensors than the optimizers' (FSDP).
+        self.sharded = False
+        #: Whether those are views of a flat parameter (FSDP1), not leaves of the graph.
+        self.views = False
         self._version = -1
         self.params: dict[Route, list[Tensor]] = {}
         self._fast: BoundedCache[tuple[str, ...], bool] = BoundedCache()
@@ -122,6 +135,8 @@ class Router:
         """Whether the plain backward of the total gives every parameter its route's gradient:
         no term outside a route reaches that route's parameters. Decided once per key set."""
         self._refresh()
+        if self.views:  # no leaf to find in the graph: the surrogate, always right
+            return False
         verdict = self._fast.get(terms)
         if verdict is None:
             walks = [walk(loss) for loss in losses]
@@ -155,14 +170,31 @@ class Router:
             for route, opt in self.optimizer.optimizers.items()
         }
         self._fast = BoundedCache()
+        self._resolved = self._leaves is None
+
+    def _resolve(self) -> None:
+        """Each route's parameters as the step's graph holds them (during a step, after its
+        forward)."""
+        assert self._leaves is not None
+        held = self.params
+        self.params = {route: self._leaves(ps) for route, ps in held.items()}
+        self._resolved = True
+        pairs = [(a, b) for r in held for a, b in zip(held[r], self.params[r])]
+        self.sharded = any(a is not b for a, b in pairs)
+        self.views = any(not b.is_leaf for _, b in pairs)
 
     def note(self, terms: tuple[str, ...]) -> None:
-        for route in self.routes:
-            if self.members(route, terms):
-                self.matched.add(route)
+        """Which routes this key set reaches, and a warning for its terms in no route (once
+        per key set: what a step's key set says does not change)."""
+        self._refresh()
+        if not self._resolved:
+            self._resolve()
         if self._noted.get(terms):
             return
         self._noted.put(terms, True)
+        for route in self.routes:
+            if self.members(route, terms):
+                self.matched.add(route)
         for term in terms:
             if term not in self._unrouted_warned and self.owner(term) is None:
                 self._unrouted_warned.add(term)
@@ -199,10 +231,11 @@ class Router:
             owned = self.params[route]
             if not members or not owned:
                 continue
-            route_loss = weighted[members].sum()
+            # basic indexing: a list index is copied to the device, which synchronises
+            route_loss = torch.stack([weighted[i] for i in members]).sum()
             # outside autocast, like the backward Lightning runs after training_step: a backward
             # under autocast would recast ops and differ from it
-            retain = index < len(stepping) - 1
+            retain = self.sharded or index < len(stepping) - 1
             with torch.autocast(route_loss.device.type, enabled=False):
                 try:
                     found = torch.autograd.grad(
@@ -235,7 +268,13 @@ class Router:
         # must hear from every parameter, so they get zeros and the route steps on them (whether
         # another rank had the term is not known without a collective).
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        return _InjectGradients.apply(not distributed, grads, *params)
+        injected = _InjectGradients.apply(not distributed, grads, *params)
+        if self.sharded:
+            # FSDP unshards and reduces from hooks on forward's outputs, which a backward of the
+            # injected gradients alone never reaches: a zero through the terms makes the backward
+            # Lightning runs one FSDP takes part in (one more backward pass).
+            injected = injected + weighted.sum() * 0
+        return injected
 
     def owner(self, term: str) -> Route | None:
         """The first route (in the order given) whose loss includes ``term``."""

@@ -1,0 +1,235 @@
+"""FSDP2 (Lightning's ``ModelParallelStrategy``, ``fully_shard`` in ``configure_model``) on CPU:
+2 gloo processes, every scenario also run under plain DDP (no ``find_unused_parameters``).
+
+One subprocess runs every fit (see fsdp_job.py), once per test session. Expectations: FSDP2
+equals DDP in parameters and in every logged value, and both equal a single-process replay
+where one is written here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_ddp import regression_batches
+
+pytestmark = [
+    pytest.mark.ddp,
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed"),
+]
+JOB = Path(__file__).with_name("fsdp_job.py")
+TIMEOUT = 240
+SCENARIOS = [
+    "one",
+    "optional",
+    "joint",
+    "frequency",
+    "sequential",
+    "uw",
+    "add_loss",
+    "diagnostics",
+    "resume",
+]
+COMPARED = [s for s in SCENARIOS if s != "resume"]
+#: FSDP2 only, with the trunk sharded as a group of its own (resharded after its forward).
+NESTED = ["nested_optional", "nested_diagnostics", "nested_routes"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, list[dict]]:
+    """``"<scenario>-<strategy>"`` -> the two ranks' records."""
+    out = tmp_path_factory.mktemp("fsdp")
+    jobs = [f"{s}:{strategy}" for s in SCENARIOS for strategy in ("ddp", "fsdp2")]
+    jobs += [f"{s}:fsdp2" for s in NESTED]  # last: two of them raise
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("LOCAL_RANK", None)
+    process = subprocess.Popen(
+        [sys.executable, str(JOB), "--out", str(out), *jobs],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: a timeout kills every rank
+    )
+    try:
+        log, _ = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        log, _ = process.communicate()
+        pytest.fail(f"FSDP job hung for {TIMEOUT}s:\n{log[-3000:]}")
+    records: dict[str, list[dict]] = {}
+    for folder in sorted(p for p in out.iterdir() if p.is_dir() and p.name != "checkpoints"):
+        files = sorted(folder.glob("rank*.json"))
+        assert len(files) == 2, f"{folder.name}: expected a record from each rank:\n{log[-4000:]}"
+        records[folder.name] = [json.loads(f.read_text()) for f in files]
+    return records
+
+
+def finished(ranks: list[dict]) -> list[dict]:
+    assert [(r["exception"], r["message"]) for r in ranks] == [(None, None)] * 2
+    assert ranks[0]["params"] == ranks[1]["params"]  # identical on both ranks, bit for bit
+    return ranks
+
+
+def assert_same_rows(rows: list, expected: list) -> None:
+    assert [step for step, _ in rows] == [step for step, _ in expected]
+    for (step, row), (_, want) in zip(rows, expected):
+        assert row.keys() == want.keys(), f"step {step}"
+        assert row == pytest.approx(want, rel=1e-6, abs=1e-7), f"step {step}"
+
+
+@pytest.mark.parametrize("scenario", COMPARED)
+def test_fsdp2_equals_ddp_in_parameters_and_logged_values(runs, scenario):
+    ddp, fsdp2 = finished(runs[f"{scenario}-ddp"]), finished(runs[f"{scenario}-fsdp2"])
+    assert fsdp2[0]["global_step"] == ddp[0]["global_step"] == 4  # data parallel: 4 steps a rank
+    assert fsdp2[0]["initial_params"] == ddp[0]["initial_params"]
+    assert fsdp2[0]["params"] == pytest.approx(ddp[0]["params"], abs=1e-6)
+    assert fsdp2[0]["params"] != pytest.approx(fsdp2[0]["initial_params"], abs=1e-3)  # it trained
+    assert_same_rows(fsdp2[0]["logged"], ddp[0]["logged"])
+    assert len(fsdp2[0]["logged"]) == 3  # a window, the epoch, the last window
+
+
+def test_no_sync_dist_advice_under_ddp_or_fsdp2(runs):
+    # Lightning advises sync_dist=True for epoch-level values logged without it, once per name;
+    # the epoch means are reduced over the ranks already and say so.
+    warned = {name: [w for w in r[0]["warnings"] if "sync_dist" in w] for name, r in runs.items()}
+    assert warned == {name: [] for name in runs}
+    assert any("train/t0_epoch" in m for _, m in runs["one-fsdp2"][0]["logged"])
+
+
+def replay(optional: bool = False):
+    """Parameters and logged rows of the one-optimizer scenarios, replayed in one process: each
+    step averages the ranks' gradients of their own totals (a rank without ``t1`` contributes
+    nothing to head 1, as ``find_unused_parameters=True`` would have it); each logged value is
+    the mean over the (rank, step) pairs of its window that had it."""
+    from ddp_job import two_head_losses, two_heads
+
+    net = two_heads()
+    params = list(net.parameters())
+    x, y, rank_indices = regression_batches()
+    values: list[dict[str, float]] = []  # per (step, rank)
+    for step in range(4):
+        grads = [torch.zeros_like(p) for p in params]
+        for rank in (0, 1):
+            index = rank_indices[rank][2 * step : 2 * step + 2]
+            losses = two_head_losses(net, (x[index], y[index]))
+            if optional and rank == 0 and step < 2:
+                del losses["t1"]
+            total = sum(losses.values())
+            found = torch.autograd.grad(total, params, allow_unused=True)
+            for acc, grad in zip(grads, found):
+                if grad is not None:
+                    acc += grad / 2
+            values.append({**{k: v.item() for k, v in losses.items()}, "loss": total.item()})
+        with torch.no_grad():
+            for p, grad in zip(params, grads):
+                p -= 0.1 * grad
+
+    def means(pairs: list[dict[str, float]], suffix: str = "") -> dict[str, float]:
+        names = {k for pair in pairs for k in pair}
+        return {
+            f"train/{k}{suffix}": statistics.fmean(p[k] for p in pairs if k in p) for k in names
+        }
+
+    rows = [
+        (2, {**means(values[0:6]), "epoch": 0}),
+        (3, {**means(values, "_epoch"), "epoch": 0}),
+        (4, {**means(values[6:8]), "epoch": 1}),
+    ]
+    return torch.cat([p.detach().flatten() for p in params]).tolist(), rows
+
+
+@pytest.mark.parametrize("scenario", ["one", "optional"])
+def test_fsdp2_and_ddp_equal_a_single_process_replay(runs, scenario):
+    # "optional": t1 (head 1's only term) is absent on rank 0 at steps 0 and 1, before rank 0
+    # ever saw it. DDP runs without find_unused_parameters, and FSDP2 reduce-scatters the same
+    # parameters on both ranks: the absent head gets a zero gradient there.
+    params, rows = replay(optional=scenario == "optional")
+    for strategy in ("ddp", "fsdp2"):
+        record = finished(runs[f"{scenario}-{strategy}"])[0]
+        assert record["params"] == pytest.approx(params, abs=1e-6), strategy
+        assert_same_rows(record["logged"], rows)
+
+
+def test_joint_routes_equal_a_single_process_replay(runs):
+    # the trunk is t0's, and t1 reaches it too: the route surrogate, not the fast path
+    from ddp_job import two_head_losses, two_heads
+
+    net = two_heads()
+    x, y, rank_indices = regression_batches()
+    routes = [
+        ([*net[0].parameters(), *net[1].parameters()], "t0", 0.1),
+        (list(net[2].parameters()), "t1", 0.2),
+    ]
+    for step in range(4):
+        updates = []
+        for params, term, lr in routes:
+            grads = [torch.zeros_like(p) for p in params]
+            for rank in (0, 1):
+                index = rank_indices[rank][2 * step : 2 * step + 2]
+                loss = two_head_losses(net, (x[index], y[index]))[term]
+                for acc, grad in zip(grads, torch.autograd.grad(loss, params)):
+                    acc += grad / 2
+            updates += [(p, lr * grad) for p, grad in zip(params, grads)]
+        with torch.no_grad():
+            for p, update in updates:
+                p -= update
+    expected = torch.cat([p.detach().flatten() for p in net.parameters()]).tolist()
+    assert finished(runs["joint-fsdp2"])[0]["params"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_add_loss_on_one_rank_under_fsdp2_is_logged_and_trained(runs):
+    record = finished(runs["add_loss-fsdp2"])[0]
+    first = record["logged"][0][1]
+    assert first["train/util"] == 0.5  # the metric: both ranks' values pooled
+    assert "train/t1" in first and "train/t0" in first
+
+
+def test_gradient_diagnostics_under_fsdp2_are_logged_as_under_ddp(runs):
+    rows = dict((s, m) for s, m in finished(runs["diagnostics-fsdp2"])[0]["logged"])
+    assert sorted(k for k in rows[2] if k.startswith("grad_")) == [
+        "grad_cos/t0_vs_t1",
+        "grad_norm/t0",
+        "grad_norm/t1",
+    ]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_a_resumed_run_with_routes_equals_the_uninterrupted_one(runs, strategy):
+    # Adam on one route, SGD with momentum on the other: optimizer state travels through the
+    # checkpoint (a distributed checkpoint under FSDP2)
+    straight = finished(runs[f"resume-straight-{strategy}"])[0]
+    finished(runs[f"resume-saving-{strategy}"])
+    resumed = finished(runs[f"resume-resumed-{strategy}"])[0]
+    assert resumed["global_step"] == straight["global_step"] == 8
+    assert resumed["params"] == pytest.approx(straight["params"], abs=1e-7)
+    assert_same_rows(resumed["logged"], [(s, m) for s, m in straight["logged"] if s >= 4])
+
+
+def test_nested_fsdp2_groups_with_optional_terms_equal_ddp(runs):
+    # the trunk's group runs forward on every rank; head 1 (in the root's group) sometimes not
+    ddp, nested = finished(runs["optional-ddp"]), finished(runs["nested_optional-fsdp2"])
+    assert nested[0]["params"] == pytest.approx(ddp[0]["params"], abs=1e-6)
+    assert_same_rows(nested[0]["logged"], ddp[0]["logged"])
+
+
+@pytest.mark.parametrize(
+    ("scenario", "feature"),
+    [
+        ("nested_diagnostics", "gradient diagnostics and aggregator="),
+        ("nested_routes", "per-key optimizer routes"),
+    ],
+)
+def test_what_differentiates_resharded_parameters_says_so_on_every_rank(runs, scenario, feature):
+    for record in runs[f"{scenario}-fsdp2"]:
+        assert record["exception"] == "RuntimeError"
+        message = record["message"]
+        assert message.startswith(feature) and "'net.0.weight', 'net.0.bias'" in message
+        assert "reshard_after_forward=False" in message
