@@ -282,41 +282,50 @@ def name_lr_series_by_parts(trainer: pl.Trainer, parts: Parts) -> None:
 
     The monitor names an optimizer without a scheduler after its class and its groups
     (``_find_names_from_optimizers``), and no public hook lets an optimizer name its series, so
-    that private method is wrapped on each monitor instance. A part already named through its
-    own scheduler (whose ``optimizer`` is that part) keeps that name: the monitor lists it among
+    that private method is replaced on each monitor instance (by a picklable object: spawned
+    processes pickle the trainer's callbacks). A part already named through its own scheduler
+    (whose ``optimizer`` is that part) keeps that name: the monitor lists it among
     ``seen_optimizers``. Parts read their own groups and ``defaults`` (so ``log_momentum`` finds
     ``betas`` for Adam and ``momentum`` for SGD).
     """
     from lightning.pytorch.callbacks import LearningRateMonitor
 
     for callback in trainer.callbacks:  # type: ignore[attr-defined]
-        if not isinstance(callback, LearningRateMonitor) or hasattr(callback, "_by_parts"):
-            continue
-        original = callback._find_names_from_optimizers
+        if isinstance(callback, LearningRateMonitor) and not isinstance(
+            callback.__dict__.get("_find_names_from_optimizers"), _NamesByParts
+        ):
+            callback._find_names_from_optimizers = _NamesByParts(callback, parts)  # type: ignore[method-assign]
 
-        def find(
-            optimizers: list[Any],
-            seen_optimizers: list[Any],
-            seen_optimizer_types: Any,
-            _original: Callable[..., Any] = original,
-        ) -> tuple[list[list[str]], list[Any]]:
-            whole: list[Any] = []
-            split: list[Any] = []
-            for optimizer in optimizers:
-                found = parts(optimizer)
-                (whole if found is None else split).append(found or optimizer)
-            names, without_scheduler = _original(whole, seen_optimizers, seen_optimizer_types)
-            for found in split:
-                for name, part in found:
-                    if any(part is seen for seen in seen_optimizers):
-                        continue  # named through its scheduler
-                    seen_optimizers.append(part)
-                    names.append(_series_names(name, part.param_groups))
-                    without_scheduler.append(part)
-            return names, without_scheduler
 
-        callback._find_names_from_optimizers = find  # type: ignore[method-assign]
-        callback._by_parts = True  # type: ignore[attr-defined]
+class _NamesByParts:
+    """``LearningRateMonitor._find_names_from_optimizers`` for optimizers made of parts."""
+
+    def __init__(self, callback: Any, parts: Parts) -> None:
+        self.callback, self.parts = callback, parts
+
+    def __call__(
+        self, optimizers: list[Any], seen_optimizers: list[Any], seen_optimizer_types: Any
+    ) -> tuple[list[list[str]], list[Any]]:
+        whole: list[Any] = []
+        split: list[list[tuple[str, Any]]] = []
+        for optimizer in optimizers:
+            found = self.parts(optimizer)
+            if found is None:
+                whole.append(optimizer)
+            elif not any(optimizer is seen for seen in seen_optimizers):
+                split.append(found)  # else a scheduler of the whole (SWA's SWALR) named it
+        original = type(self.callback)._find_names_from_optimizers
+        names, without_scheduler = original(
+            self.callback, whole, seen_optimizers, seen_optimizer_types
+        )
+        for found in split:
+            for name, part in found:
+                if any(part is seen for seen in seen_optimizers):
+                    continue  # named through its scheduler
+                seen_optimizers.append(part)
+                names.append(_series_names(name, part.param_groups))
+                without_scheduler.append(part)
+        return names, without_scheduler
 
 
 def _series_names(name: str, groups: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -10,8 +10,12 @@ import copy
 import pytest
 import torch
 from conftest import MemoryLogger, MultiTask, make_trainer, multitask_data
-from lightning.pytorch.callbacks import BackboneFinetuning, LearningRateMonitor
-from test_routing import Routed
+from lightning.pytorch.callbacks import (
+    BackboneFinetuning,
+    LearningRateMonitor,
+    StochasticWeightAveraging,
+)
+from test_routing import Routed, disjoint
 from torch import nn
 
 from lightning_losses.routing import parse_route_map
@@ -290,3 +294,16 @@ def test_backbone_finetuning_resumes_routes_like_plain_lightning(tmp_path):
         resumed.append(module)
     for (name, p), q in zip(resumed[0].named_parameters(), resumed[1].parameters()):
         torch.testing.assert_close(q.detach(), p.detach(), msg=name)
+
+
+def test_learning_rate_monitor_with_swa_logs_each_group_once():
+    # SWA's SWALR schedules the optimizer Lightning sees, every route at once: its series are
+    # Lightning's for that scheduler, and no route series repeats them
+    logger = MemoryLogger()
+    monitor = LearningRateMonitor()
+    swa = StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=1)
+    make_trainer(logger, max_epochs=2, log_every_n_steps=1, callbacks=[swa, monitor]).fit(
+        Routed(disjoint), multitask_data(n=16)
+    )
+    series = {k for _, row in logger.rows for k in row if k.startswith("lr")}
+    assert series == {"lr-RoutedOptimizer/pg1", "lr-RoutedOptimizer/pg2", "lr-RoutedOptimizer/pg3"}

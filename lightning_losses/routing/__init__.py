@@ -25,6 +25,13 @@ get zero gradients (so DDP, without ``find_unused_parameters``, hears from every
 ``optimizer.step(closure)`` Lightning calls (the mechanism LBFGS uses): each pass re-runs
 ``training_step``, so each route's ``forward`` sees the previous routes' update, and clipping and
 ``on_before_optimizer_step`` apply per pass.
+
+The package: ``route`` (a route's name, the shared vocabulary), ``config`` (what a route map
+says, checked and turned into one Lightning optimizer config), ``optimizer`` (the
+``RoutedOptimizer`` with the torch optimizer contract, the route schedulers, the per-route views
+that ``LearningRateMonitor`` reads), ``router`` (which backward gives each parameter its route's
+gradient, also under ``torch.compile``). Imports run one way: route <- optimizer <- config,
+optimizer <- router.
 """
 
 from lightning_losses.routing.config import (

@@ -161,7 +161,7 @@ class Router:
 
     def _refresh(self) -> None:
         """Re-read the routes' parameters after they changed (``add_param_group``)."""
-        version = self.optimizer.refresh()
+        version = self.optimizer.parameters_version()
         if version == self._version:
             return
         self._version = version
