@@ -797,8 +797,7 @@ class LossDictModule(pl.LightningModule):
             return None
         # Under DDP every rank must run backward, or the ranks that did wait forever in the
         # gradient all-reduce: a zero through every trainable parameter contributes zero gradients.
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.stack([p.sum() for p in params]).sum() * 0.0 if params else None
+        return sharding.zero_through_parameters(self)
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         if self._drop_gradients:
