@@ -57,6 +57,14 @@ def leaf_resolver(module: nn.Module) -> Callable[[Sequence[Tensor]], list[Tensor
     return leaves
 
 
+def uses_fsdp1(module: nn.Module) -> bool:
+    """Whether ``module`` trains under Lightning's ``FSDPStrategy`` (FSDP1)."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    trainer = getattr(module, "_trainer", None)
+    return isinstance(getattr(trainer, "strategy", None), FSDPStrategy)
+
+
 def raise_resharded(names: Sequence[str], feature: str) -> None:
     shown = ", ".join(map(repr, names[:6])) + (" ..." if len(names) > 6 else "")
     raise RuntimeError(

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from torch import Tensor, nn
 
 from lightning_losses.routing import reached_parameters
-from lightning_losses.sharding import is_sharded, raise_resharded
+from lightning_losses.sharding import is_sharded, raise_resharded, uses_fsdp1
 from lightning_losses.terms import describe
 
 Prefixes = str | Sequence[str] | None
@@ -61,20 +61,19 @@ class SharedParameters:
             ]
             if resharded:  # FSDP2 resharded them after forward: nothing left to differentiate
                 raise_resharded(resharded, "gradient diagnostics and aggregator=")
+            if uses_fsdp1(module):
+                raise RuntimeError(
+                    "gradient diagnostics and aggregator= differentiate the loss terms with "
+                    "respect to the module's parameters, which FSDPStrategy (FSDP1) replaces by "
+                    "views of one flat parameter during the step; expected DDP or "
+                    "ModelParallelStrategy (FSDP2, fully_shard)"
+                )
             if self.prefixes:
                 params = named(module, self.prefixes, self.option)
                 self._cache[()] = params
             else:
                 reach = [reached_parameters(loss) for loss in losses]
                 trainable = [p for p in module.parameters() if p.requires_grad]
-                if not trainable:
-                    raise RuntimeError(
-                        "gradient diagnostics and aggregator= differentiate the loss terms with "
-                        "respect to the module's trainable parameters, but it holds none during "
-                        "the training step (FSDPStrategy, FSDP1, replaces them by views of its "
-                        "flat parameter while forward and backward run); expected DDP or "
-                        "ModelParallelStrategy (FSDP2, fully_shard)"
-                    )
                 params = [p for p in trainable if sum(id(p) in r for r in reach) >= 2]
                 self._cache[terms] = params
         return params
