@@ -69,7 +69,7 @@ def time_fit(module: L.LightningModule, steps: int, logger: Any, **trainer_kwarg
         max_steps=steps * optimizers_per_batch,
         logger=logger,
         callbacks=[timer],
-        accelerator="cpu",
+        accelerator=trainer_kwargs.pop("accelerator", "cpu"),
         devices=1,
         enable_checkpointing=False,
         enable_progress_bar=False,

@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--terms", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--accelerator", default="cpu", help="cpu or gpu")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(
@@ -66,7 +67,13 @@ def main() -> None:
             for _ in range(args.repeats):  # interleaved, so drift hits all three alike
                 for key, make in (("a", PlainSum), ("b", HandLogged), ("c", ours)):
                     times[key].append(
-                        time_fit(make(terms), args.steps, CSVLogger(tmp), log_every_n_steps=50)
+                        time_fit(
+                            make(terms),
+                            args.steps,
+                            CSVLogger(tmp),
+                            log_every_n_steps=50,
+                            accelerator=args.accelerator,
+                        )
                     )
             a, b, c = (best_of(times[k]) for k in "abc")
             print(

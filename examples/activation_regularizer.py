@@ -8,9 +8,12 @@ and nothing is threaded through the blocks' return values. ``loss_weights`` weig
 penalty with one glob pattern, and each block gets its own curve (``train/act_l1/<i>``).
 """
 
+from pathlib import Path
+
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -55,14 +58,16 @@ def main() -> None:
     val = DataLoader(TensorDataset(x[1600:], y[1600:]), batch_size=200)
     trainer = L.Trainer(
         max_epochs=4,
-        logger=False,
+        logger=CSVLogger("runs", name="activation_regularizer", version=""),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         accelerator="cpu",
     )
     trainer.fit(SparseRegressor(), train, val)
-    print({k: round(float(v), 4) for k, v in sorted(trainer.callback_metrics.items())})
+    print(f"per-loss logs: {Path(trainer.log_dir) / 'metrics.csv'}")
+    final = sorted(trainer.callback_metrics.items())
+    print("final values: " + ", ".join(f"{name}={float(value):.4f}" for name, value in final))
 
 
 if __name__ == "__main__":

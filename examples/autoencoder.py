@@ -7,9 +7,12 @@ loss_keys=[...])`` wraps it. Only ``reconstruction_loss`` is a loss term; ``outp
 are passed through untouched (they reach ``on_train_batch_end`` callbacks) and are not logged.
 """
 
+from pathlib import Path
+
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -41,14 +44,16 @@ def main() -> None:
     )
     trainer = L.Trainer(
         max_epochs=10,
-        logger=False,
+        logger=CSVLogger("runs", name="autoencoder", version=""),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         accelerator="cpu",
     )
     trainer.fit(module, loader)
-    print({k: round(float(v), 4) for k, v in trainer.callback_metrics.items()})
+    print(f"per-loss logs: {Path(trainer.log_dir) / 'metrics.csv'}")
+    final = sorted(trainer.callback_metrics.items())
+    print("final values: " + ", ".join(f"{name}={float(value):.4f}" for name, value in final))
 
 
 if __name__ == "__main__":

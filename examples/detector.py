@@ -30,10 +30,12 @@ signature asks for it (``call="auto"``).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics import Metric
@@ -267,14 +269,16 @@ def main() -> None:
     trainer = L.Trainer(
         max_epochs=args.epochs,
         log_every_n_steps=8,
-        logger=False,
+        logger=CSVLogger("runs", name="detector", version=""),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         accelerator="cpu",
     )
     trainer.fit(module, train, val)
-    print({k: round(float(v), 4) for k, v in sorted(trainer.callback_metrics.items())})
+    print(f"per-loss logs: {Path(trainer.log_dir) / 'metrics.csv'}")
+    final = sorted(trainer.callback_metrics.items())
+    print("final values: " + ", ".join(f"{name}={float(value):.4f}" for name, value in final))
 
 
 if __name__ == "__main__":

@@ -20,9 +20,11 @@ Two ways to train it, one constructor argument each:
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
@@ -91,7 +93,7 @@ def main() -> None:
     trainer = L.Trainer(
         max_epochs=2,
         log_every_n_steps=4,
-        logger=False,
+        logger=CSVLogger("runs", name="detr_loss_dict", version=""),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -101,7 +103,9 @@ def main() -> None:
     train = DataLoader(boxes_on_noise(24, seed=0), batch_size=None, shuffle=True)
     val = DataLoader(boxes_on_noise(4, seed=1), batch_size=None)
     trainer.fit(module, train, val)
-    print({k: round(float(v), 4) for k, v in sorted(trainer.callback_metrics.items())})
+    print(f"per-loss logs: {Path(trainer.log_dir) / 'metrics.csv'}")
+    final = sorted(trainer.callback_metrics.items())
+    print("final values: " + ", ".join(f"{name}={float(value):.4f}" for name, value in final))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ the ``loss`` next to ``aux_loss`` is an error that names this option.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger
@@ -55,14 +57,16 @@ def main() -> None:
     trainer = L.Trainer(
         max_epochs=3,
         log_every_n_steps=4,
-        logger=CSVLogger("runs", name="huggingface_moe"),
+        logger=CSVLogger("runs", name="huggingface_moe", version=""),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         accelerator="cpu",
     )
     trainer.fit(module, train, val)
-    print({k: round(float(v), 4) for k, v in sorted(trainer.callback_metrics.items())})
+    print(f"per-loss logs: {Path(trainer.log_dir) / 'metrics.csv'}")
+    final = sorted(trainer.callback_metrics.items())
+    print("final values: " + ", ".join(f"{name}={float(value):.4f}" for name, value in final))
 
 
 if __name__ == "__main__":

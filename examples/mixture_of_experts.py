@@ -9,9 +9,12 @@ with ``ll.add_metric`` (``train/expert_share/<e>``). The model's ``forward`` ret
 loss only. The balancing loss is weighted with ``loss_weights`` like any returned term.
 """
 
+from pathlib import Path
+
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -71,14 +74,16 @@ def main() -> None:
     trainer = L.Trainer(
         max_epochs=4,
         log_every_n_steps=5,
-        logger=False,
+        logger=CSVLogger("runs", name="mixture_of_experts", version=""),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         accelerator="cpu",
     )
     trainer.fit(Classifier(), train, val)
-    print({k: round(float(v), 4) for k, v in sorted(trainer.callback_metrics.items())})
+    print(f"per-loss logs: {Path(trainer.log_dir) / 'metrics.csv'}")
+    final = sorted(trainer.callback_metrics.items())
+    print("final values: " + ", ".join(f"{name}={float(value):.4f}" for name, value in final))
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@ logged as ``weight/<term>``. Nested returns are flattened: ``{"aux": {"a": ...}}
 ``train/aux/a``.
 """
 
+from pathlib import Path
+
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -43,7 +46,7 @@ def main() -> None:
     loader = DataLoader(TensorDataset(x, *targets), batch_size=64, shuffle=True)
     trainer = L.Trainer(
         max_epochs=6,
-        logger=False,
+        logger=CSVLogger("runs", name="multi_head", version=""),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -51,7 +54,9 @@ def main() -> None:
         log_every_n_steps=4,
     )
     trainer.fit(ThreeHeads(), loader)
-    print({k: round(float(v), 4) for k, v in sorted(trainer.callback_metrics.items())})
+    print(f"per-loss logs: {Path(trainer.log_dir) / 'metrics.csv'}")
+    final = sorted(trainer.callback_metrics.items())
+    print("final values: " + ", ".join(f"{name}={float(value):.4f}" for name, value in final))
 
 
 if __name__ == "__main__":

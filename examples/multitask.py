@@ -1,12 +1,12 @@
 """Main example: a multi-task model that returns its losses, trained on synthetic data.
 
-    python examples/multitask.py            # ~10 s on a laptop CPU
+    python examples/multitask.py            # a few seconds on a CPU
 
 Two tasks share a trunk: 4-class segmentation-like classification and depth-like regression. The
 model's ``forward`` returns ``{"seg": ..., "depth": ..., "acc": ...}``; ``LossDictModule`` sums
 the losses with their weights, logs every term (train and val) and ``acc`` as a metric. The run
 writes CSV logs under ``runs/multitask`` and draws one panel per loss into
-``runs/multitask/curves.png``.
+``runs/multitask/curves.png`` (with matplotlib; without it, it says what to install).
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ def main() -> None:
     try:
         from lightning_losses.plot import plot_run
     except ImportError:  # matplotlib is the optional `plot` extra
+        print("per-loss curves: not drawn, matplotlib is missing (pip install matplotlib)")
         return
     print(f"per-loss curves: {plot_run(logger.log_dir, Path(args.out) / 'curves.png')}")
 

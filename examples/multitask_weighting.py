@@ -98,7 +98,7 @@ def strategies() -> dict[str, dict[str, Any]]:
         from torchjd.aggregation import UPGrad
         from torchjd.scalarization import FAMO, IMTLL
     except ImportError:
-        print("torchjd is not installed (pip install 'lightning_losses[jd]'): skipping its rows")
+        print("torchjd is missing (pip install 'torchjd[quadprog-projector]'): skipping its rows")
     else:
         chosen["UPGrad"] = {"aggregator": UPGrad()}
         # torchjd's scalarizers pass straight in: the library pools them over DDP ranks and

@@ -7,9 +7,12 @@ over the steps where depth was present; a logging window with no depth at all wr
 value (never a stale repeat). A batch with no labels at all returns ``None`` and is skipped.
 """
 
+from pathlib import Path
+
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -61,7 +64,7 @@ def main() -> None:
     loader = DataLoader(PartiallyLabelled(), batch_size=None, shuffle=True)
     trainer = L.Trainer(
         max_epochs=4,
-        logger=False,
+        logger=CSVLogger("runs", name="optional_tasks", version=""),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -69,7 +72,9 @@ def main() -> None:
         log_every_n_steps=5,
     )
     trainer.fit(OptionalHeads(), loader)
-    print({k: round(float(v), 4) for k, v in sorted(trainer.callback_metrics.items())})
+    print(f"per-loss logs: {Path(trainer.log_dir) / 'metrics.csv'}")
+    final = sorted(trainer.callback_metrics.items())
+    print("final values: " + ", ".join(f"{name}={float(value):.4f}" for name, value in final))
 
 
 if __name__ == "__main__":

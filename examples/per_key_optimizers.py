@@ -9,9 +9,12 @@ optimizer, so ``gradient_clip_val`` (per route), ``accumulate_grad_batches``, ``
 ``trainer.global_step`` (one per batch) keep their meaning — no manual optimization.
 """
 
+from pathlib import Path
+
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -52,7 +55,7 @@ def main() -> None:
     loader = DataLoader(TensorDataset(x, y1, y2), batch_size=64, shuffle=True)
     trainer = L.Trainer(
         max_epochs=5,
-        logger=False,
+        logger=CSVLogger("runs", name="per_key_optimizers", version=""),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -63,7 +66,9 @@ def main() -> None:
     module = TwoTasks()
     trainer.fit(module, loader)
     print(f"global_step={trainer.global_step} (one per batch), optimizer: {trainer.optimizers[0]}")
-    print({k: round(float(v), 4) for k, v in sorted(trainer.callback_metrics.items())})
+    print(f"per-loss logs: {Path(trainer.log_dir) / 'metrics.csv'}")
+    final = sorted(trainer.callback_metrics.items())
+    print("final values: " + ", ".join(f"{name}={float(value):.4f}" for name, value in final))
 
 
 if __name__ == "__main__":

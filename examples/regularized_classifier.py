@@ -6,9 +6,12 @@ Returning the L2 penalty as ``l2`` (instead of folding it into the optimizer's w
 its curve next to the cross-entropy's, and its weight is one entry in ``loss_weights``.
 """
 
+from pathlib import Path
+
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -39,14 +42,16 @@ def main() -> None:
     loader = DataLoader(TensorDataset(x, y), batch_size=50, shuffle=True)
     trainer = L.Trainer(
         max_epochs=5,
-        logger=False,
+        logger=CSVLogger("runs", name="regularized_classifier", version=""),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         accelerator="cpu",
     )
     trainer.fit(Classifier(), loader)
-    print({k: round(float(v), 4) for k, v in trainer.callback_metrics.items()})
+    print(f"per-loss logs: {Path(trainer.log_dir) / 'metrics.csv'}")
+    final = sorted(trainer.callback_metrics.items())
+    print("final values: " + ", ".join(f"{name}={float(value):.4f}" for name, value in final))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,12 @@
 unweighted terms, so changing a weight never changes what a term's curve means.
 """
 
+from pathlib import Path
+
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -40,14 +43,16 @@ def main() -> None:
     )
     trainer = L.Trainer(
         max_epochs=6,
-        logger=False,
+        logger=CSVLogger("runs", name="weighted_regression", version=""),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         accelerator="cpu",
     )
     trainer.fit(module, train, val)
-    print({k: round(float(v), 4) for k, v in sorted(trainer.callback_metrics.items())})
+    print(f"per-loss logs: {Path(trainer.log_dir) / 'metrics.csv'}")
+    final = sorted(trainer.callback_metrics.items())
+    print("final values: " + ", ".join(f"{name}={float(value):.4f}" for name, value in final))
 
 
 if __name__ == "__main__":

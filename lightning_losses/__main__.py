@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from lightning_losses.plot import plot_run
     except ImportError as error:
-        print(f"plotting needs matplotlib: pip install 'lightning_losses[plot]' ({error})")
+        print(f"plotting needs matplotlib: pip install matplotlib ({error})")
         return 2
     try:
         print(plot_run(args.log_dir, args.out, log_y=args.log_y))

@@ -14,6 +14,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+# ``load_from_checkpoint`` is a classmethod that Lightning refuses to run on an instance; its own
+# decorator for that is private, and our override must keep the same behaviour.
+from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
+
+restricted_classmethod = _restricted_classmethod
+
 
 def writes_step_metrics(trainer: pl.Trainer) -> bool:
     """Whether Lightning writes step-level metrics to the loggers after the current batch.
@@ -33,11 +39,28 @@ def writes_step_metrics(trainer: pl.Trainer) -> bool:
     return bool(trainer._logger_connector.should_update_logs or fast_dev_run)
 
 
+def last_batch_labels(trainer: pl.Trainer) -> tuple[int, int]:
+    """The ``(step, epoch)`` Lightning's own ``self.log(on_step=True)`` gave the last training
+    batch, asked once training has ended (``on_train_end``).
+
+    By then the loops have moved on: ``_batches_that_stepped`` counts the last batch if it stepped
+    (it did not when a stop came while accumulating), and the last epoch has been counted as
+    completed, so ``current_epoch`` is one past it. Lightning itself undoes the first of these the
+    same way (``_batches_that_stepped -= 1``) for its epoch-end row.
+    """
+    epoch_loop = trainer.fit_loop.epoch_loop
+    stepped = epoch_loop._batches_that_stepped
+    accumulating = trainer.accumulate_grad_batches > 1 and epoch_loop._should_accumulate()
+    step = stepped if accumulating else stepped - 1
+    return max(step, 0), max(trainer.current_epoch - 1, 0)
+
+
 def publish_step_metrics(
     trainer: pl.Trainer,
     metrics: Mapping[str, float],
     progress_bar: Collection[str] = (),
     to_callbacks: bool = True,
+    labels: tuple[int, int] | None = None,
 ) -> None:
     """Write already-reduced step values to every logger, to callbacks and to the progress bar.
 
@@ -50,7 +73,12 @@ def publish_step_metrics(
         return
     tensors = {name: torch.tensor(value, dtype=torch.float64) for name, value in metrics.items()}
     connector = trainer._logger_connector
-    connector.log_metrics(tensors)
+    if labels is None:
+        connector.log_metrics(tensors)
+    else:  # after the loops moved on: the last batch's own step and epoch (see last_batch_labels)
+        step, epoch = labels
+        connector.log_metrics({**tensors, "epoch": epoch}, step=step)  # type: ignore[dict-item]
+        connector._logged_metrics.pop("epoch", None)
     # callback_metrics feed ModelCheckpoint / EarlyStopping monitors; the property returns the
     # connector's own dict, so updating it is what self.log would have done.
     if to_callbacks:
@@ -98,14 +126,13 @@ def running(trainer: pl.Trainer) -> str:
     return fn.value if fn is not None else ""
 
 
-def current_dataloader_idx(module: pl.LightningModule) -> int:
+def current_dataloader_idx(trainer: pl.Trainer | None) -> int:
     """The index of the evaluation loader whose batch is being run, for a ``total_loss`` call
     from a user's own ``validation_step`` that does not pass it.
 
     Lightning keeps it on the result collection (``on_batch_start``), where ``self.log`` reads it
     to add the ``/dataloader_idx_<i>`` suffix; it is ``None`` with one loader.
     """
-    trainer = module._trainer
     results = getattr(trainer, "_results", None) if trainer is not None else None
     index = getattr(results, "dataloader_idx", None)
     return int(index) if index is not None else 0
@@ -159,9 +186,90 @@ def unquiet(entry: Any) -> None:
             mutated()
 
 
-def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
-    """The module's trainer, or ``None`` outside one (``module.trainer`` raises then)."""
+# ---------------------------------------------------------------- module and trainer internals
+
+
+def trainer_or_none(module: Any) -> pl.Trainer | None:
+    """The attached trainer, or ``None``: read every step, so without the public property's
+    checks (which raise when none is attached and wrap Fabric in a shim)."""
     return module._trainer
+
+
+def restores_after_setup(trainer: pl.Trainer) -> bool:
+    """Whether the strategy restores the checkpoint after the fit starts (FSDP-like ones do)."""
+    return bool(getattr(trainer.strategy, "restore_checkpoint_after_setup", False))
+
+
+def grad_scaler(trainer: pl.Trainer) -> Any:
+    """The precision plugin's GradScaler (``precision="16-mixed"``), or ``None``."""
+    return getattr(trainer.precision_plugin, "scaler", None)
+
+
+def wandb_prefix(logger: Any) -> str:
+    """The prefix a ``WandbLogger(prefix=...)`` puts before every name it logs (kept private)."""
+    prefix = getattr(logger, "_prefix", "")
+    return f"{prefix}{logger.LOGGER_JOIN_CHAR}" if prefix else ""
+
+
+def saved_hyperparameters(module: Any) -> bool:
+    """Whether ``save_hyperparameters`` ran for ``module`` (Lightning keeps no public flag)."""
+    return hasattr(module, "_hparams_initial")
+
+
+def hparams_of(module: Any) -> Any:
+    """The dict ``module.hparams`` shows, to be edited in place (the property returns it too,
+    but typed as a mapping that may be a copy)."""
+    return module._hparams
+
+
+def set_initial_hparams(module: Any, stored: Any) -> None:
+    """What ``hparams_initial`` and the checkpoint's ``hyper_parameters`` report: Lightning sets it
+    inside ``save_hyperparameters`` from the raw arguments; ours are the plain-value encoding."""
+    module._hparams_initial = stored
+
+
+def hparams_name(module: Any) -> str | None:
+    """How ``save_hyperparameters`` named the arguments it saved (``"kwargs"`` for keyword
+    arguments, else the name of a dict or namespace argument), which rebuilding must follow."""
+    return getattr(module, "_hparams_name", "kwargs")
+
+
+class StepWrites:
+    """Whether Lightning writes step metrics after the running batch, asked every training step.
+
+    The same rule as :func:`writes_step_metrics`, read from objects looked up once per fit, so
+    the common answer ("no") costs attribute reads only: ``(batches that stepped + 1) %
+    log_every_n_steps``, a stop requested, ``fast_dev_run``; only then, or while accumulating
+    gradients, the full rule.
+    """
+
+    __slots__ = ("_every", "_loop", "_trainer")
+
+    def __init__(self, trainer: pl.Trainer) -> None:
+        self._trainer = trainer
+        self._loop = trainer.fit_loop.epoch_loop
+        self._every = trainer.log_every_n_steps  # type: ignore[attr-defined]  # set in __init__
+
+    def due(self) -> bool:
+        trainer = self._trainer
+        every = self._every
+        if (
+            every
+            and (self._loop._batches_that_stepped + 1) % every
+            and not trainer.should_stop
+            and not trainer.fast_dev_run  # type: ignore[attr-defined]
+        ):
+            return False
+        return writes_step_metrics(trainer)
+
+
+def step_counter(trainer: pl.Trainer) -> Any:
+    """An object whose ``completed`` is ``trainer.global_step`` under automatic optimization
+    (the optimizer-step progress the property reads through three calls), or ``None``."""
+    module = trainer.lightning_module
+    if module is None or not module.automatic_optimization:
+        return None
+    return trainer.fit_loop.epoch_loop.automatic_optimization.optim_progress.optimizer.step.total
 
 
 #: An optimizer -> its parts as ``(series name, optimizer-like)`` pairs, or None if it is whole.
@@ -192,7 +300,8 @@ def name_lr_series_by_parts(trainer: pl.Trainer, parts: Parts) -> None:
             seen_optimizer_types: Any,
             _original: Callable[..., Any] = original,
         ) -> tuple[list[list[str]], list[Any]]:
-            whole, split = [], []
+            whole: list[Any] = []
+            split: list[Any] = []
             for optimizer in optimizers:
                 found = parts(optimizer)
                 (whole if found is None else split).append(found or optimizer)
@@ -228,3 +337,11 @@ def fit_has_val_loader(trainer: pl.Trainer) -> bool:
     requests them whenever ``validation_step`` is defined, loader or not.
     """
     return bool(trainer.fit_loop.epoch_loop.val_loop._data_source.is_defined())
+
+
+def progress_bar_values(trainer: pl.Trainer) -> dict[str, Any]:
+    """The dict Lightning's progress bars read their values from (``progress_bar_metrics``
+    returns it, updated with what ``self.log(prog_bar=True)`` logged). Lightning replaces it
+    when a run starts and around the sanity check, so it is looked up at the first training
+    batch. Writing a value there is what ``self.log(prog_bar=True)`` ends up doing."""
+    return trainer._logger_connector._progress_bar_metrics

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_losses import _lightning
 from lightning_losses.cache import BoundedCache
 from lightning_losses.routing import reached_parameters
 from lightning_losses.sharding import is_sharded
@@ -57,7 +58,7 @@ class AbsentTerms:
         """``objective``, plus a zero that reaches every trainable parameter it does not reach
         when the module trains on several processes (alone, a missing gradient is what the
         optimizer should see: it skips the parameter)."""
-        trainer = getattr(module, "_trainer", None)
+        trainer = _lightning.trainer_or_none(module)
         if trainer is not self._trainer:  # a new fit: another strategy, other parameters
             self._trainer = trainer
             self._distributed = trainer is not None and trainer.world_size > 1

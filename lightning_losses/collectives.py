@@ -45,11 +45,3 @@ def any_rank(flag: Tensor) -> bool:
     if is_distributed():
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
-
-
-def mean_over_ranks(values: Tensor) -> Tensor:
-    """The mean of ``values`` over ranks, bit-identical on every rank (rows combined in rank
-    order); ``values`` itself without DDP. One collective."""
-    if not is_distributed():
-        return values
-    return gather_rows(values).mean(dim=0)

@@ -41,7 +41,9 @@ class Collected:
         self.metrics: dict[str, Tensor | float] = {}
 
 
-_STEP: ContextVar[Collected | None] = ContextVar("lightning_losses_step", default=None)
+#: The open step's collection (read and set inline by the per-step path of lifecycle.py).
+STEP: ContextVar[Collected | None] = ContextVar("lightning_losses_step", default=None)
+_STEP = STEP
 
 
 def _in_backward() -> bool:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from lightning_losses.aggregation import jacobian
-from lightning_losses.shared import Prefixes, SharedParameters
+from lightning_losses.shared import SharedParameters
 from lightning_losses.terms import describe
 
 NORM_PREFIX = "grad_norm"
@@ -69,7 +69,7 @@ def gradient_statistics(losses: Sequence[Tensor], params: Sequence[Tensor]) -> T
 class GradientDiagnostics:
     """When to run the diagnostics, and on which parameters."""
 
-    def __init__(self, every_n_steps: int, shared: Prefixes = None) -> None:
+    def __init__(self, every_n_steps: int, shared: SharedParameters) -> None:
         if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int):
             raise TypeError(
                 f"grad_diagnostics_every_n_steps is {describe(every_n_steps)}; expected a "
@@ -80,7 +80,8 @@ class GradientDiagnostics:
                 f"grad_diagnostics_every_n_steps={every_n_steps}; expected a positive int or None"
             )
         self.every_n_steps = every_n_steps
-        self.parameters = SharedParameters(shared)
+        #: The same object ``aggregator=`` uses: one option, one cache of what is shared.
+        self.parameters = shared
 
     def due(self, step: int) -> bool:
         return step % self.every_n_steps == 0

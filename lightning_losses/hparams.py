@@ -12,7 +12,10 @@ builds the module, and Lightning rebuilds it through the CLI's instantiator):
 * A module (``model``, ``weighting``, ``aggregator``) becomes
   ``{"class_path": "pkg.mod.Net", "init_args": {...}}`` when its constructor's arguments are
   known and plain: the module calls Lightning's ``save_hyperparameters`` (any ``nn.Module`` can
-  mix in ``HyperparametersMixin``), or its ``__init__`` takes no arguments. The state dict then
+  mix in ``HyperparametersMixin``), its ``__init__`` takes no arguments, or it is one of the
+  library's own weightings or a torchjd scalarizer or aggregator (whose arguments are read back
+  from the module, see ``_own_arguments``; a scalarizer inside its wrapper is a nested
+  ``class_path`` entry). The state dict then
   fills in the weights. Otherwise (arguments unknown, a class defined in ``__main__`` or inside a
   function) it is ``{"not_saved": "<why>"}`` and ``load_from_checkpoint`` asks for ``model=``.
 * ``optimizer``/``lr_scheduler``: an optimizer or scheduler class, or a ``functools.partial`` of
@@ -53,6 +56,8 @@ from lightning.pytorch.utilities.parsing import collect_init_args
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+from lightning_losses import _lightning
 
 #: Module arguments, rebuilt as instances of their class path.
 INSTANCES: dict[str, tuple[type, ...]] = {
@@ -161,11 +166,14 @@ def lookup(path: str) -> Any:
 
 def _constructor_arguments(module: nn.Module) -> dict[str, Any] | str:
     """The plain arguments that rebuild ``module``'s structure, or why they are unknown."""
-    if isinstance(module, HyperparametersMixin) and hasattr(module, "_hparams_initial"):
+    own = _own_arguments(module)
+    if own is not None:
+        return own
+    if isinstance(module, HyperparametersMixin) and _lightning.saved_hyperparameters(module):
         recorded = _yaml_plain(dict(module.hparams_initial))
         if recorded is _MISSING:
             return "its saved hyperparameters are not all plain values"
-        name = getattr(module, "_hparams_name", "kwargs")
+        name = _lightning.hparams_name(module)
         return recorded if name in (None, "kwargs") else {name: recorded}
     init = type(module).__init__
     try:
@@ -179,6 +187,102 @@ def _constructor_arguments(module: nn.Module) -> dict[str, Any] | str:
         "Lightning's save_hyperparameters (mix in lightning.pytorch.core.mixins."
         "HyperparametersMixin) to record them"
     )
+
+
+def _own_arguments(module: nn.Module) -> dict[str, Any] | str | None:
+    """The arguments of the library's own weightings and of torchjd's scalarizers and
+    aggregators, which record nothing themselves; ``None`` for any other module.
+
+    Ours say them (``constructor_arguments``; a user's subclass may have another constructor,
+    so only the library's own classes are asked). torchjd's are read back from the module: an
+    argument kept as an attribute of its name, ``shape`` from the learned tensor, a tensor
+    argument kept as a parameter or buffer from the state dict (built at its default, then
+    loaded); an argument torchjd keeps nowhere makes the module unrecordable.
+    """
+    cls = type(module)
+    if cls.__module__.startswith("lightning_losses.") and hasattr(module, "constructor_arguments"):
+        arguments = module.constructor_arguments()  # type: ignore[operator]
+    elif cls.__module__.startswith("torchjd."):
+        arguments = _torchjd_arguments(module)
+        if isinstance(arguments, str):
+            return arguments
+    else:
+        return None
+    encoded: dict[str, Any] = {}
+    for name, value in arguments.items():
+        if isinstance(value, nn.Module):
+            value = _encode_instance(value)
+            if is_not_saved(value):
+                return f"its argument {name}: {value[NOT_SAVED]}"
+        elif _yaml_plain(value) is _MISSING:
+            return f"its argument {name} is {_describe(value)}"
+        encoded[name] = _yaml_plain(value) if not isinstance(value, dict) else value
+    return encoded
+
+
+def _torchjd_arguments(module: nn.Module) -> dict[str, Any] | str:
+    try:
+        signature = inspect.signature(type(module).__init__)
+    except (TypeError, ValueError):
+        return f"{type(module).__name__}'s constructor has no readable signature"
+    tensors: dict[str, Tensor] = dict(module.named_parameters(recurse=False))
+    tensors.update(dict(module.named_buffers(recurse=False)))
+    arguments: dict[str, Any] = {}
+    opaque: list[str] = []
+    for name, parameter in list(signature.parameters.items())[1:]:
+        if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        value = _kept(module, name)
+        if name in tensors and parameter.default is None:
+            value = None  # a tensor the state dict restores
+        elif value is _MISSING and name == "shape" and len(tensors) >= 1:
+            value = list(next(iter(tensors.values())).shape)
+            value = value[0] if len(value) == 1 else value
+        if value is _MISSING:
+            if parameter.default is inspect.Parameter.empty:
+                return (
+                    f"torchjd's {type(module).__name__} does not keep its argument {name}, so it "
+                    "cannot be rebuilt from a checkpoint"
+                )
+            continue  # built at its default
+        if _yaml_plain(value) is _MISSING and not isinstance(value, nn.Module):
+            if value is parameter.default:
+                continue
+            if parameter.default is not inspect.Parameter.empty:
+                opaque.append(name)  # built by default (UPGrad's projector)? checked below
+                continue
+            return f"its argument {name} is {_describe(value)}"
+        arguments[name] = value
+    if opaque:
+        # kept objects that are not plain: fine if a module built from the recorded arguments
+        # has the same ones, i.e. they were the constructor's own default
+        try:
+            probe = type(module)(**arguments)
+        except Exception as error:
+            return f"{type(module).__name__}(**{arguments}) fails ({error})"
+        for name in opaque:
+            if not _same_setting(_kept(module, name), _kept(probe, name)):
+                return f"its argument {name} is {_describe(_kept(module, name))}"
+    return arguments
+
+
+def _same_setting(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    try:
+        return repr(vars(a)) == repr(vars(b))
+    except TypeError:  # no __dict__
+        return repr(a) == repr(b)
+
+
+def _kept(module: nn.Module, name: str) -> Any:
+    """An argument as torchjd keeps it: an attribute ``name`` or ``_name`` of the module or of
+    the first submodule that has one (an aggregator keeps its settings in its weighting)."""
+    for part in module.modules():
+        for attribute in (name, f"_{name}"):
+            if attribute in part.__dict__:
+                return part.__dict__[attribute]
+    return _MISSING
 
 
 # ------------------------------------------------------------------ encoding
@@ -254,12 +358,19 @@ def encode(name: str, value: Any) -> Any:
     return plain if plain is not _MISSING else _not_saved(_describe(value))
 
 
-@functools.cache
+#: ``LossDictModule.__init__``'s signature, handed over by module.py when the class is made (so
+#: that this module, which module.py uses, never imports it back).
+_CONSTRUCTOR: list[inspect.Signature] = []
+
+
+def use_constructor(init: Any) -> None:
+    """Record the constructor whose arguments are saved and rebuilt here."""
+    _CONSTRUCTOR[:] = [inspect.signature(init)]
+
+
 def arguments() -> tuple[str, ...]:
     """The names of ``LossDictModule.__init__``'s arguments."""
-    from lightning_losses.module import LossDictModule
-
-    return tuple(inspect.signature(LossDictModule.__init__).parameters)[1:]
+    return tuple(_CONSTRUCTOR[0].parameters)[1:]
 
 
 def save(module: HyperparametersMixin, cli: bool) -> None:
@@ -275,7 +386,7 @@ def save(module: HyperparametersMixin, cli: bool) -> None:
     # Lightning's: every constructor's arguments in the subclass chain, the outermost winning
     ours, *outer = collect_init_args(frame, [], classes=(HyperparametersMixin,))
     module.save_hyperparameters(ignore=list(INSTANCES), frame=frame)
-    stored = module._hparams
+    stored = _lightning.hparams_of(module)
     supplied = set()
     for name, value in ours.items():
         # what the class being built received (an intermediate class's **kwargs may hold
@@ -291,7 +402,7 @@ def save(module: HyperparametersMixin, cli: bool) -> None:
         candidates = [*received, value] if name in INSTANCES else [value, *received]
         encoded = [encode(name, candidate) for candidate in candidates]
         stored[name] = next((e for e in encoded if not _unsaved_parts(e, name)), encoded[0])
-    module._hparams_initial = copy.deepcopy(stored)  # type: ignore[attr-defined]
+    _lightning.set_initial_hparams(module, copy.deepcopy(stored))
     module._hparams_from_subclass = frozenset(supplied)  # type: ignore[attr-defined]
 
 
@@ -358,8 +469,6 @@ def from_checkpoint(
     :func:`load_arguments` from the checkpoint's hyperparameters (read with ``weights_only=True``)
     or from ``hparams_file``."""
     from lightning.pytorch.core.saving import load_hparams_from_yaml
-
-    from lightning_losses import _lightning
 
     if hparams_file is not None and str(hparams_file).lower().endswith((".yaml", ".yml")):
         stored = load_hparams_from_yaml(hparams_file)
@@ -438,7 +547,7 @@ def _decode(owner: str, name: str, value: Any) -> Any:
                 "from the checkpoint)"
             )
         target, init_args = _resolve(owner, name, value, INSTANCES[name])
-        return target(**init_args)
+        return target(**_decode_nested(owner, name, init_args))
     if name in FACTORIES:
         if value is None:
             return None
@@ -454,10 +563,20 @@ def _decode(owner: str, name: str, value: Any) -> Any:
         return {k: v for k, v in value.items() if k not in dropped}
     if is_not_saved(value):
         _warn_dropped(owner, name, str(value[NOT_SAVED]), f"uses the default {name}")
-        from lightning_losses.module import LossDictModule
-
-        return inspect.signature(LossDictModule.__init__).parameters[name].default
+        return _CONSTRUCTOR[0].parameters[name].default
     return value
+
+
+def _decode_nested(owner: str, name: str, init_args: dict[str, Any]) -> dict[str, Any]:
+    """Module arguments of a module (a scalarizer inside its wrapper) rebuilt from their own
+    ``{"class_path": ..., "init_args": {...}}`` entries, checked as the outer one is."""
+    out = {}
+    for key, value in init_args.items():
+        if isinstance(value, dict) and set(value) == {"class_path", "init_args"}:
+            target, inner = _resolve(owner, f"{name}.{key}", value, (nn.Module,))
+            value = target(**_decode_nested(owner, f"{name}.{key}", inner))
+        out[key] = value
+    return out
 
 
 def _resolve(

@@ -20,15 +20,19 @@ and ``begin`` on every rank at the same point of the run, so the registries stay
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor
 
 from lightning_losses.cache import BoundedCache
 from lightning_losses.plan import WEIGHT_PREFIX, StepPlan
-from lightning_losses.tracking import KeyRegistry, MeanAccumulator, Reduced
+from lightning_losses.tracking import KeyRegistry, MeanAccumulator, Reduced, device_tensor
 from lightning_losses.weights import WeightPlan
+
+#: Staged training steps per plan before they are summed into the window (see plan.py): a
+#: flush every this many steps at most, whatever ``log_every_n_steps`` is.
+STAGED_ROWS = 32
 
 #: Names the library logs itself beside the model's keys (see LossLog.check_names).
 SKIPPED_STEPS = "skipped_steps"
@@ -57,6 +61,10 @@ class Session:
         self.train_names: set[str] = set()
         #: Whether the window holds steps not yet written.
         self.window_open = False
+        #: The returned dict's keys -> its training step's fast plan (see fastpath.py).
+        self.fast: BoundedCache[tuple[str, ...], Any] = BoundedCache()
+        #: Plans with staged rows not yet added to the window (see LossLog.flush).
+        self.staged: list[StepPlan] = []
 
 
 class LossLog:
@@ -117,6 +125,10 @@ class LossLog:
         if stage == "train":
             self._check_train_names(plan)
         session.plans.put(key, plan)
+        # a key set new to this session: where churning key sets would pile up counts
+        session.window.fold()
+        for accumulator in session.eval.values():
+            accumulator.fold()
         return plan
 
     def _check_train_names(self, plan: StepPlan) -> None:
@@ -151,13 +163,53 @@ class LossLog:
         if check_nonfinite and plan.terms:
             session.window.note_nonfinite(plan.nonfinite_slots, plan.nonfinite_values(values), step)
 
+    def stage(self, plan: StepPlan, device: torch.device, step: int | None) -> int:
+        """The index of the staging row that one training step's values go into (the caller
+        stacks them into ``plan.prefix_views[i]``, and a weighting's weights into
+        ``plan.weight_views[i]``). ``step`` is kept when non-finite values must be reported."""
+        views = plan.row_views if plan.rows is not None else plan.staging(device, STAGED_ROWS)
+        filled = plan.filled
+        if filled == len(views):
+            self.flush()
+            filled = 0
+        if filled == 0:
+            self.session.staged.append(plan)
+        plan.filled = filled + 1
+        if step is not None:
+            plan.row_steps.append(step)
+        return filled
+
+    def unstage(self, plan: StepPlan) -> None:
+        """Give back the row just staged (its step took the full path instead)."""
+        plan.filled -= 1
+        if plan.row_steps:
+            plan.row_steps.pop()
+        if not plan.filled:
+            self.session.staged.remove(plan)
+
+    def flush(self) -> None:
+        """Add every staged row to the window (before it is reduced, saved or the epoch ends)."""
+        session = self.session
+        for plan in session.staged:
+            filled = plan.filled
+            if not filled:
+                continue
+            assert plan.rows is not None
+            rows = plan.rows[:filled]
+            window = session.window
+            window.add_rows(plan.logged_names, plan.slots(session.registry, rows.device), rows)
+            if plan.row_steps:
+                checked = max(plan.total_position, 1)
+                window.note_nonfinite_rows(plan.nonfinite_slots, rows[:, :checked], plan.row_steps)
+            plan.filled = 0
+            plan.row_steps.clear()
+        session.staged.clear()
+
     def record_diagnostics(self, names: tuple[str, ...], values: Tensor) -> None:
         """Gradient statistics of one step, into the same window as the losses."""
         session = self.session
-        slots = torch.tensor(
-            session.registry.slots(names, ["diagnostic"] * len(names)),
-            dtype=torch.long,
-            device=values.device,
+        slots = device_tensor(
+            session.registry.slots(names, ["diagnostic"] * len(names)), torch.long, values.device
         )
         session.window.update(names, slots, values)
 
@@ -187,6 +239,7 @@ class LossLog:
 
     def write(self, device: torch.device) -> Reduced:
         """The window's means over steps and ranks; the window then starts again, empty."""
+        self.flush()
         session = self.session
         session.window.drain_into(session.epoch)
         reduced = session.window.compute(device)
@@ -195,6 +248,7 @@ class LossLog:
         return reduced
 
     def end_train_epoch(self, device: torch.device) -> Reduced:
+        self.flush()
         session = self.session
         session.window.drain_into(session.epoch)
         reduced = session.epoch.compute(device)
@@ -220,6 +274,7 @@ class LossLog:
 
     def state(self) -> dict[str, Any]:
         """The partly filled window and epoch of the running fit, as plain data."""
+        self.flush()
         session = self.session
         return {
             "registry": session.registry.state(),
@@ -239,6 +294,7 @@ class LossLog:
         """
         if "registry" not in state:
             return
+        check_state(state)
         state = dict(state, rank=rank)
         if apply_now:
             self._apply(state)
@@ -260,6 +316,67 @@ class LossLog:
             for name, kind in session.registry.kind_of.items()
             if name.startswith("train/") and kind in ("term", "metric")
         )
+
+
+def check_state(state: Mapping[str, Any], entry: str = "lightning_losses") -> None:
+    """Raise a ``ValueError`` naming the part of a saved :meth:`LossLog.state` that is not
+    consistent (a damaged or hand-edited checkpoint), instead of a shape error deep in a load."""
+
+    def fail(where: str, problem: str) -> NoReturn:
+        raise ValueError(
+            f"checkpoint entry {entry!r}[{where!r}] is inconsistent: {problem}; expected the "
+            "state this library saved (is the checkpoint damaged or edited? resume from another "
+            "checkpoint, or load the weights without resuming)"
+        )
+
+    def names_of(part: Mapping[str, Any], where: str) -> list[str]:
+        names = part.get("names")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            fail(where, f"'names' is {type(names).__name__}, not a list of names")
+        if len(set(names)) != len(names):
+            fail(where, "'names' repeats a name")
+        return names
+
+    registry = state["registry"]
+    if not isinstance(registry, Mapping):
+        fail("registry", f"it is {type(registry).__name__}, not a mapping")
+    names = names_of(registry, "registry")
+    kinds, agreed = registry.get("kinds"), registry.get("agreed")
+    if not isinstance(kinds, list) or len(kinds) != len(names):
+        count = len(kinds) if isinstance(kinds, list) else type(kinds).__name__
+        fail("registry", f"{len(names)} names but {count} kinds")
+    if not isinstance(agreed, int) or not 0 <= agreed <= len(names):
+        fail("registry", f"'agreed' is {agreed!r} for {len(names)} names")
+    known = set(names)
+    for where in ("window", "epoch"):
+        part = state.get(where)
+        if not isinstance(part, Mapping):
+            fail(where, f"it is {type(part).__name__}, not a mapping")
+        slots = names_of(part, where)
+        unknown = sorted(set(slots) - known)
+        if unknown:
+            fail(where, f"names {unknown} are not in the registry")
+        data = part.get("data")
+        if data is not None and (
+            not isinstance(data, Tensor) or data.dim() != 2 or data.shape[0] < 2
+            or data.shape[1] > len(slots)
+        ):  # fmt: skip
+            shape = tuple(data.shape) if isinstance(data, Tensor) else type(data).__name__
+            fail(where, f"'data' has shape {shape} for {len(slots)} names")
+        for counts in ("counts", "drained"):
+            entries = part.get(counts)
+            if not isinstance(entries, list):
+                fail(where, f"{counts!r} is {type(entries).__name__}, not a list")
+            for item in entries:
+                if (
+                    not isinstance(item, (list, tuple)) or len(item) != 2
+                    or not isinstance(item[0], (list, tuple))
+                    or not isinstance(item[1], (int, float))
+                ):  # fmt: skip
+                    fail(where, f"{counts!r} holds {item!r}, not a [names, count] pair")
+                missing = sorted(set(item[0]) - set(slots))
+                if missing:
+                    fail(where, f"{counts!r} counts names {missing} that it has no slot for")
 
 
 __all__ = ["EPOCH_SUFFIX", "SKIPPED_STEPS", "WEIGHT_PREFIX", "LossLog", "Session", "loader_suffix"]

@@ -11,6 +11,12 @@ time): a derivation re-weights the steps of a window by whatever weights hold wh
 which is wrong after a resume with other ``loss_weights``, and under DDP it needs every rank to
 know the kind of every name. The cost is one more element in a concatenation that happens anyway.
 
+Training steps go one step further: a step's values are stacked, in one op, into the next row
+of the plan's staging buffer (``rows``), and the rows are summed into the window's accumulator
+only when the window is written, the buffer is full, or the epoch ends (:meth:`LossLog.flush`).
+What needs the values themselves (which first step went non-finite) is found at that flush, from
+the rows and the step each row came from, so a non-writing step pays one op for its logging.
+
 When the only term is named ``loss`` (a bare scalar return, a HuggingFace output), the term *is*
 the total: it is logged once, as the total, and not also as a term of the same name.
 """
@@ -23,7 +29,7 @@ import torch
 from torch import Tensor
 
 from lightning_losses.terms import TOTAL
-from lightning_losses.tracking import KeyRegistry, accumulator_dtype
+from lightning_losses.tracking import KeyRegistry, accumulator_dtype, device_tensor
 from lightning_losses.weights import WeightPlan
 
 WEIGHT_PREFIX = "weight"
@@ -56,10 +62,27 @@ class StepPlan:
     total_position: int = field(init=False)
     _slots: Tensor | None = field(default=None, init=False)
     _buffer: Tensor | None = field(default=None, init=False)
+    buffer_bar_views: tuple[Tensor, ...] = field(default=(), init=False)
     _weight_index: Tensor | None = field(default=None, init=False)
     _nonfinite_slots: Tensor | None = field(default=None, init=False)
     _nonfinite_values: Tensor | None = field(default=None, init=False)
     _version: int = field(default=-1, init=False)
+    #: Staged training steps, one row each (see the module docstring); ``filled`` rows in use.
+    rows: Tensor | None = field(default=None, init=False)
+    row_views: list[Tensor] = field(default_factory=list, init=False)
+    #: Each row without its weight columns (what a step stacks), and its weight columns.
+    prefix_views: list[Tensor] = field(default_factory=list, init=False)
+    weight_views: list[Tensor] = field(default_factory=list, init=False)
+    #: The logged weights come from a ``weighting=`` (written per step), not constants.
+    learned_weights: bool = field(default=False, init=False)
+    #: Names shown in the progress bar, with their position in the step's values (see
+    #: ``bar_views``), set by the recorder for training plans.
+    bar_columns: tuple[tuple[str, int], ...] = field(default=(), init=False)
+    #: Per staging row (and last, for the step buffer): views of its progress-bar values.
+    bar_views: list[tuple[Tensor, ...]] = field(default_factory=list, init=False)
+    filled: int = field(default=0, init=False)
+    #: The global step of each filled row (for the first non-finite step), when checked.
+    row_steps: list[int] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         stage, suffix = self.stage, self.suffix
@@ -86,8 +109,7 @@ class StepPlan:
         if self._slots is None or self._version != registry.version or self._slots.device != device:
             slots = registry.slots(self.logged_names, self.kinds)
             self._version = registry.version
-            with torch.inference_mode(False):  # also used by training after a validate()
-                self._slots = torch.tensor(slots, dtype=torch.long, device=device)
+            self._slots = device_tensor(slots, torch.long, device)
         return self._slots
 
     @property
@@ -119,12 +141,37 @@ class StepPlan:
                     len(self.logged_names), dtype=accumulator_dtype(device), device=device
                 )
                 self._nonfinite_values = None
+                self.buffer_bar_views = tuple(self._buffer[c] for _, c in self.bar_columns)
         return self._buffer
+
+    def staging(self, device: torch.device, capacity: int) -> list[Tensor]:
+        """The row views of the staging buffer on ``device`` (made outside inference mode:
+        a plan first built during ``validate()`` is used by training afterwards)."""
+        if self.rows is None or self.rows.device != device:
+            with torch.inference_mode(False):
+                self.rows = torch.empty(
+                    capacity,
+                    len(self.logged_names),
+                    dtype=accumulator_dtype(device),
+                    device=device,
+                )
+                self.row_views = list(self.rows.unbind())
+                prefix = len(self.logged_names) - len(self.logged_weights)
+                self.prefix_views = [row[:prefix] for row in self.row_views]
+                self.bar_views = [
+                    tuple(row[column] for _, column in self.bar_columns) for row in self.row_views
+                ]
+                self.weight_views = [row[prefix:] for row in self.row_views]
+                constant = not (self.learned_weights or self.weights.has_schedules)
+                if self.logged_weights and constant:  # constants: written once, here
+                    constants = self.weights.vector(0, device, self.rows.dtype)
+                    logged = constants.index_select(0, self.weight_index(device))
+                    self.rows[:, prefix:] = logged
+            self.filled = 0
+            self.row_steps.clear()
+        return self.row_views
 
     def weight_index(self, device: torch.device) -> Tensor:
         if self._weight_index is None or self._weight_index.device != device:
-            with torch.inference_mode(False):
-                self._weight_index = torch.tensor(
-                    self.logged_weights, dtype=torch.long, device=device
-                )
+            self._weight_index = device_tensor(list(self.logged_weights), torch.long, device)
         return self._weight_index

@@ -57,14 +57,6 @@ def leaf_resolver(module: nn.Module) -> Callable[[Sequence[Tensor]], list[Tensor
     return leaves
 
 
-def uses_fsdp1(module: nn.Module) -> bool:
-    """Whether ``module`` trains under Lightning's ``FSDPStrategy`` (FSDP1)."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    trainer = getattr(module, "_trainer", None)
-    return isinstance(getattr(trainer, "strategy", None), FSDPStrategy)
-
-
 def raise_resharded(names: Sequence[str], feature: str) -> None:
     shown = ", ".join(map(repr, names[:6])) + (" ..." if len(names) > 6 else "")
     raise RuntimeError(
@@ -79,7 +71,7 @@ def raise_resharded(names: Sequence[str], feature: str) -> None:
 _ZERO_METHOD = "_lightning_losses_zero_through_parameters"
 
 
-def zero_through_parameters(module: nn.Module) -> Tensor | None:
+def zero_through(module: nn.Module) -> Tensor | None:
     """A zero whose backward reaches every trainable parameter (``None`` without any): what a
     rank with nothing to learn backpropagates, so that the gradient reduction completes on every
     rank with its zero contribution.

@@ -11,8 +11,9 @@ from collections.abc import Iterable, Sequence
 
 from torch import Tensor, nn
 
+from lightning_losses.cache import BoundedCache
 from lightning_losses.routing import reached_parameters
-from lightning_losses.sharding import is_sharded, raise_resharded, uses_fsdp1
+from lightning_losses.sharding import is_sharded, raise_resharded
 from lightning_losses.terms import describe
 
 Prefixes = str | Sequence[str] | None
@@ -49,7 +50,7 @@ class SharedParameters:
     def __init__(self, prefixes: Prefixes, option: str = "shared_parameters") -> None:
         self.option = option
         self.prefixes = as_prefixes(prefixes, option)
-        self._cache: dict[tuple[str, ...], list[nn.Parameter]] = {}
+        self._cache: BoundedCache[tuple[str, ...], list[nn.Parameter]] = BoundedCache()
 
     def __call__(
         self, module: nn.Module, terms: tuple[str, ...], losses: Sequence[Tensor]
@@ -61,21 +62,25 @@ class SharedParameters:
             ]
             if resharded:  # FSDP2 resharded them after forward: nothing left to differentiate
                 raise_resharded(resharded, "gradient diagnostics and aggregator=")
-            if uses_fsdp1(module):
-                raise RuntimeError(
-                    "gradient diagnostics and aggregator= differentiate the loss terms with "
-                    "respect to the module's parameters, which FSDPStrategy (FSDP1) replaces by "
-                    "views of one flat parameter during the step; expected DDP or "
-                    "ModelParallelStrategy (FSDP2, fully_shard)"
-                )
             if self.prefixes:
                 params = named(module, self.prefixes, self.option)
-                self._cache[()] = params
+                self._cache.put((), params)
             else:
                 reach = [reached_parameters(loss) for loss in losses]
                 trainable = [p for p in module.parameters() if p.requires_grad]
+                reached = set().union(*reach)
+                if not any(id(p) in reached for p in trainable):
+                    # none held (FSDP1 sharded), or none reached: what the graph holds are views
+                    # of FSDP1's flat parameter (also unsharded, on one device)
+                    raise RuntimeError(
+                        "gradient diagnostics and aggregator= differentiate the loss terms with "
+                        "respect to the module's trainable parameters, but it holds none during "
+                        "the training step (FSDPStrategy, FSDP1, replaces them by views of its "
+                        "flat parameter while forward and backward run); expected DDP or "
+                        "ModelParallelStrategy (FSDP2, fully_shard)"
+                    )
                 params = [p for p in trainable if sum(id(p) in r for r in reach) >= 2]
-                self._cache[terms] = params
+                self._cache.put(terms, params)
         return params
 
 

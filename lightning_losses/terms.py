@@ -7,29 +7,25 @@ because the user's only other clue would be a traceback deep inside Lightning.
 
 from __future__ import annotations
 
-import fnmatch
 import numbers
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-#: ``loss_keys`` as users may give it: ``None`` (every 0-dim floating tensor), names or glob
-#: patterns, or a predicate on the flattened name.
+from lightning_losses.cache import BoundedCache
+from lightning_losses.patterns import NamePatterns
+
+#: ``loss_keys`` as users may give it: ``None`` (a 0-dim floating tensor that carries a gradient
+#: in training), names or glob patterns, or a predicate on the flattened name.
 LossKeys = str | Collection[str] | Callable[[str], bool] | None
 
 SEPARATOR = "/"
 #: The name a bare scalar return gets, and the name of the weighted total in the logs.
 TOTAL = "loss"
-
-_GLOB_CHARS = frozenset("*?[")
-
-
-def is_pattern(name: str) -> bool:
-    """Whether ``name`` is a glob pattern rather than a literal key."""
-    return any(char in _GLOB_CHARS for char in name)
 
 
 def describe(value: Any) -> str:
@@ -61,8 +57,10 @@ class KeySelector:
     metric, never summed into the loss. Evaluation runs without gradients, so it asks training's
     verdicts instead: ``val/loss`` is the same weighted sum as ``train/loss``. A name that has been
     a term once stays one (a curve does not change meaning mid-run); the verdicts travel in
-    checkpoints. Before any training step there is no verdict, and evaluation falls back to
-    "every 0-dim floating tensor is a term" (the caller warns once).
+    checkpoints. Before any training step there is no verdict: what the configuration names
+    (``loss_keys``, a weighting's terms, ``loss_weights`` patterns, routes) decides, and a 0-dim
+    floating tensor nothing names is a term unless the named terms are all there are (the caller
+    warns once about such a guess).
 
     Explicit ``loss_keys`` decide by name alone, in every stage. Verdicts on names and patterns are
     cached; the entries of ``loss_keys`` that matched are remembered so that one which never
@@ -86,8 +84,8 @@ class KeySelector:
         #: The entry that already is the model's weighted total (see ``parse_output``).
         self.total_key = total_key
         self._predicate: Callable[[str], bool] | None = None
-        self._names: frozenset[str] = frozenset()
-        self._patterns: tuple[str, ...] = ()
+        #: ``loss_keys`` as names and patterns (each mapped to True: it selects a term).
+        self._keys: NamePatterns[bool] = NamePatterns()
         if loss_keys is None:
             pass
         elif isinstance(loss_keys, str):
@@ -101,8 +99,16 @@ class KeySelector:
                 f"loss_keys is {describe(loss_keys)}; expected None, a name or glob pattern, "
                 "a collection of them, or a callable name -> bool"
             )
-        self._verdicts: dict[str, bool] = {}
-        self._matched: set[str] = set()
+        self._verdicts: BoundedCache[str, bool] = BoundedCache(4096)
+        #: What the configuration calls a loss term (``loss_weights`` entries, a weighting's term
+        #: list): before any training step these decide (see :meth:`before_training`).
+        self._named: NamePatterns[bool] = NamePatterns()
+        #: Whether the named terms are all the terms there are (a weighting's list is).
+        self._named_all = False
+        #: Names added with ``add_metric``: never a term.
+        self.added_metrics: set[str] = set()
+        #: Pass-through outputs warned about as possible unreduced losses.
+        self.warned_unreduced: set[str] = set()
         #: Names training has classified: terms (carried a gradient at least once) and metrics.
         self.trained_terms: set[str] = set()
         self.trained_metrics: set[str] = set()
@@ -114,8 +120,33 @@ class KeySelector:
                     f"loss_keys entry {entry!r} is {describe(entry)}; expected a non-empty name "
                     "or glob pattern"
                 )
-        self._names = frozenset(e for e in entries if not is_pattern(e))
-        self._patterns = tuple(e for e in entries if is_pattern(e))
+        self._keys = NamePatterns((e, True) for e in entries)
+
+    def name_terms(self, names: Collection[str], all_terms: bool = False) -> None:
+        """Names or glob patterns the configuration calls loss terms; ``all_terms`` when no other
+        name can be one (a weighting weighs exactly its own list)."""
+        self._named.extend((n, True) for n in names if isinstance(n, str) and n)
+        self._named_all = self._named_all or all_terms
+
+    def named(self, name: str) -> bool:
+        """Whether the configuration calls ``name`` a loss term."""
+        return self._named.match(name, False)
+
+    def before_training(self, name: str) -> bool:
+        """Whether ``name`` is a term before any training step has told terms by gradient.
+
+        An added metric never is; a name the configuration calls a term is; any other is a term
+        unless the named terms are all there are (then it is a metric).
+        """
+        if name in self.added_metrics:
+            return False
+        if self.named(name):
+            return True
+        return not self._named_all
+
+    def guessed(self, name: str) -> bool:
+        """Whether calling ``name`` a term before training is a guess (nothing names it)."""
+        return name not in self.added_metrics and not self._named_all and not self.named(name)
 
     @property
     def trained(self) -> bool:
@@ -137,7 +168,7 @@ class KeySelector:
             return False
         if self.trained:
             return name in self.trained_terms
-        return True  # nothing has been trained yet: the structural rule
+        return self.before_training(name)  # nothing has been trained yet
 
     def state(self) -> dict[str, list[str]]:
         return {"terms": sorted(self.trained_terms), "metrics": sorted(self.trained_metrics)}
@@ -150,7 +181,7 @@ class KeySelector:
         verdict = self._verdicts.get(name)
         if verdict is None:
             verdict = self._decide(name)
-            self._verdicts[name] = verdict
+            self._verdicts.put(name, verdict)
         return verdict
 
     def _decide(self, name: str) -> bool:
@@ -161,18 +192,11 @@ class KeySelector:
                     f"loss_keys({name!r}) returned {describe(verdict)}; expected a bool"
                 )
             return verdict
-        if name in self._names:
-            self._matched.add(name)
-            return True
-        for pattern in self._patterns:
-            if fnmatch.fnmatchcase(name, pattern):
-                self._matched.add(pattern)
-                return True
-        return False
+        return self._keys.match(name, False)
 
     def unmatched(self) -> list[str]:
         """The literal names and patterns of ``loss_keys`` that matched no returned key."""
-        return sorted((self._names | set(self._patterns)) - self._matched)
+        return self._keys.unmatched()
 
 
 @dataclass
@@ -211,7 +235,8 @@ def _flatten_into(
             f"{_shorten(prefix)!r}); expected a mapping of names to values nested a few levels "
             "at most"
         )
-    for key, value in mapping.items():
+    items = mapping.items() if isinstance(mapping, dict) else _read_items(mapping, prefix)
+    for key, value in items:
         if key not in _VALID_KEYS:
             _check_key(key, prefix)
         name = f"{prefix}{SEPARATOR}{key}" if prefix else key
@@ -234,6 +259,23 @@ def _flatten_into(
             )
         else:
             flat[name] = value
+
+
+def _read_items(mapping: Mapping[Any, Any], prefix: str) -> list[tuple[Any, Any]]:
+    """The entries of a mapping that is not a dict, each read on its own: a ``__getitem__``
+    that fails for one of its own keys is named, not a bare ``KeyError`` from deep inside."""
+    items = []
+    for key in mapping:
+        try:
+            items.append((key, mapping[key]))
+        except Exception as error:
+            name = f"{prefix}{SEPARATOR}{key}" if prefix else key
+            raise TypeError(
+                f"forward returned a {type(mapping).__name__} whose entry {_shorten(str(name))!r} "
+                f"could not be read ({type(error).__name__}: {error}); expected a mapping whose "
+                "every key can be looked up"
+            ) from error
+    return items
 
 
 #: Keys already checked by :func:`_check_key` (keys repeat every step). Bounded, so that a model
@@ -317,7 +359,30 @@ def parse_output(output: Any, select: KeySelector, stage: str = "train") -> Pars
         for name in [n for n in terms if n != TOTAL]:
             parsed.metrics[name] = terms.pop(name)
     _check_reserved(parsed)
+    if parsed.outputs and training and terms and not explicit:
+        _warn_unreduced(parsed.outputs, select)
     return parsed
+
+
+def _warn_unreduced(outputs: Mapping[str, Any], select: KeySelector) -> None:
+    """A floating tensor of several elements that carries a gradient beside loss terms is most
+    likely a loss whose ``.mean()`` was forgotten: passed through, it would silently never train.
+    One warning per name."""
+    for name, value in outputs.items():
+        if (
+            isinstance(value, Tensor)
+            and value.requires_grad
+            and value.is_floating_point()
+            and value.numel() > 1
+            and name not in select.warned_unreduced
+        ):
+            select.warned_unreduced.add(name)
+            rank_zero_warn(
+                f"forward returned {name!r}, {describe(value)} that carries a gradient, beside "
+                "loss terms: it is passed through, neither trained on nor logged. If it is a "
+                "loss, reduce it to a 0-dim tensor (a forgotten .mean()?); if it is an output, "
+                "detach it or pass loss_keys= to name the terms and silence this warning"
+            )
 
 
 def _parse_with_total(
@@ -375,8 +440,9 @@ def _all_loss_terms(
     a value that is not a 0-dim floating tensor, one without a gradient in training, or a name
     training has not seen as a term.
     """
-    if not output or TOTAL in output:
-        return None  # let the general path handle (or explain) the reserved name
+    if not isinstance(output, dict) or not output or TOTAL in output:
+        # let the general path handle (or explain) the reserved name and other mappings
+        return None
     known = select.trained_terms
     grad = training and torch.is_grad_enabled()
     for key, value in output.items():

@@ -29,6 +29,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -39,6 +40,18 @@ from lightning_losses import collectives
 def accumulator_dtype(device: torch.device) -> torch.dtype:
     """float64 keeps 10^5+ accumulated steps exact to ~1e-12; MPS has no float64."""
     return torch.float32 if device.type == "mps" else torch.float64
+
+
+def device_tensor(values: list[Any], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``torch.tensor(values)`` on ``device`` without making the host wait: on a GPU through
+    pinned memory and an asynchronous copy (a plain copy from pageable memory blocks until the
+    device has caught up, which a plan built mid-run must not do). Made outside inference
+    mode: plans built during ``validate()`` are reused by training."""
+    with torch.inference_mode(False):
+        host = torch.tensor(values, dtype=dtype)
+        if device.type != "cuda":
+            return host.to(device)
+        return host.pin_memory().to(device, non_blocking=True)
 
 
 class KeyRegistry:
@@ -65,6 +78,10 @@ class KeyRegistry:
         for name in names:
             kind = next(kinds) if kinds is not None else "value"
             slot = self.slot_of.get(name)
+            if slot is not None and kinds is not None and self.kind_of[name] != kind:
+                # a name evaluation guessed before training, classified by training since:
+                # its kind (what W&B summaries follow) is the final classification
+                self.kind_of[name] = kind
             if slot is None:
                 slot = len(self.names)
                 self.names.append(name)
@@ -219,12 +236,18 @@ class MeanAccumulator:
         self.reset()
         data = state["data"]
         if isinstance(data, Tensor):
-            slots = self.registry.slots(state["names"])  # type: ignore[arg-type]
+            # an accumulator that never grew to names registered later saves fewer columns
+            names = list(state["names"])[: data.shape[1]]  # type: ignore[call-overload]
+            slots = self.registry.slots(names)
             target = self._ensure(device)
             index = torch.tensor(slots, dtype=torch.long, device=target.device)
             target[:, index] = data.to(target.device, target.dtype)
         self.counts = {tuple(k): float(w) for k, w in state["counts"]}  # type: ignore[attr-defined]
-        self._drained_counts = {tuple(k): float(w) for k, w in state["drained"]}  # type: ignore[attr-defined]
+        drained: dict[tuple[str, ...], float] = {}
+        for k, w in state["drained"]:  # type: ignore[attr-defined]
+            for name in k:  # per name (a checkpoint of 0.3 or earlier kept key sets)
+                drained[(name,)] = drained.get((name,), 0.0) + float(w)
+        self._drained_counts = drained
 
     def update(
         self, names: tuple[str, ...], slots: Tensor, values: Tensor, weight: float = 1.0
@@ -233,6 +256,20 @@ class MeanAccumulator:
         self._ensure(values.device)
         self._sums.index_add_(0, slots, values if weight == 1.0 else values * weight)
         self.counts[names] = self.counts.get(names, 0.0) + weight
+
+    def add_rows(self, names: tuple[str, ...], slots: Tensor, rows: Tensor) -> None:
+        """Add staged steps, one row each in ``names``' layout, at once."""
+        self._ensure(rows.device)
+        self._sums.index_add_(0, slots, rows.sum(0))
+        self.counts[names] = self.counts.get(names, 0.0) + rows.shape[0]
+
+    def note_nonfinite_rows(self, slots: Tensor, rows: Tensor, steps: list[int]) -> None:
+        """``note_nonfinite`` for several staged steps: ``rows[i]`` was recorded at
+        ``steps[i]``; the encoded entries of all rows are reduced with one ``amax``."""
+        self._ensure(rows.device)
+        encoded = device_tensor([_LATEST - step for step in steps], rows.dtype, rows.device)
+        candidate = torch.where(torch.isfinite(rows), 0.0, encoded[:, None]).amax(0)
+        self._first.scatter_reduce_(0, slots, candidate, "amax")
 
     def note_nonfinite(self, slots: Tensor, values: Tensor, step: int) -> None:
         """Remember ``step`` for every slot whose value is not finite (if it is the first).
@@ -261,11 +298,29 @@ class MeanAccumulator:
         target[_SUMS, :width] += data[_SUMS] - data[_DRAINED]
         torch.maximum(target[_FIRST, :width], data[_FIRST], out=target[_FIRST, :width])
         data[_DRAINED] = data[_SUMS]
-        for names, weight in self.counts.items():
-            fresh = weight - self._drained_counts.get(names, 0.0)
+        # Per name, not per key set: what the target keeps stays bounded by the number of names
+        # however many key sets pass through a long epoch (a one-name key set is a name's count).
+        now = self._name_counts()
+        drained = self._drained_counts
+        for name, weight in now.items():
+            fresh = weight - drained.get((name,), 0.0)
             if fresh:
-                other.counts[names] = other.counts.get(names, 0.0) + fresh
-        self._drained_counts = dict(self.counts)
+                key = (name,)
+                other.counts[key] = other.counts.get(key, 0.0) + fresh
+        self._drained_counts = {(name,): weight for name, weight in now.items()}
+
+    def _name_counts(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for names, weight in self.counts.items():
+            for name in names:
+                out[name] = out.get(name, 0.0) + weight
+        return out
+
+    def fold(self, limit: int = 64) -> None:
+        """Replace the per-key-set counts by per-name counts once there are more than ``limit``
+        key sets (a model whose keys churn), so that memory stays bounded by the names."""
+        if len(self.counts) > limit:
+            self.counts = {(name,): weight for name, weight in self._name_counts().items()}
 
     def _grow_to(self, width: int) -> Tensor:
         assert self.data is not None

@@ -7,7 +7,6 @@ set and cached in a :class:`WeightPlan`; a step with constant weights reuses one
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import numbers
 from collections.abc import Callable, Mapping
@@ -16,7 +15,9 @@ import torch
 from torch import Tensor
 
 from lightning_losses.cache import BoundedCache
-from lightning_losses.terms import describe, is_pattern
+from lightning_losses.patterns import NamePatterns
+from lightning_losses.terms import describe
+from lightning_losses.tracking import device_tensor
 
 #: A term's weight: a constant, or a schedule ``global_step -> weight``.
 WeightValue = float | Callable[[int], float]
@@ -32,6 +33,7 @@ class WeightPlan:
         #: Positions whose weight is not the constant 1: these are logged as ``weight/<term>``.
         self.logged = tuple(i for i, v in enumerate(values) if callable(v) or float(v) != 1.0)
         self.all_ones = not self.logged
+        self.has_schedules = bool(self._schedules)
         self._device_constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     def vector(self, step: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -40,8 +42,7 @@ class WeightPlan:
             key = (device, dtype)
             cached = self._device_constants.get(key)
             if cached is None:
-                with torch.inference_mode(False):  # reused by training after a validate()
-                    cached = torch.tensor(self._constants, dtype=dtype, device=device)
+                cached = device_tensor(self._constants, dtype, device)
                 self._device_constants[key] = cached
             return cached
         values = list(self._constants)
@@ -67,8 +68,7 @@ class LossWeights:
                 f"loss_weights is {describe(loss_weights)}; expected a mapping from names or "
                 "glob patterns to floats or callables step -> float"
             )
-        self._exact: dict[str, WeightValue] = {}
-        self._patterns: list[tuple[str, WeightValue]] = []
+        entries: list[tuple[str, WeightValue]] = []
         for name, value in loss_weights.items():
             if not isinstance(name, str) or not name:
                 raise TypeError(
@@ -77,34 +77,17 @@ class LossWeights:
                 )
             if not callable(value):
                 value = _check_weight(name, value, "loss_weights")
-            if is_pattern(name):
-                self._patterns.append((name, value))
-            else:
-                self._exact[name] = value
-        self._resolved: dict[str, WeightValue] = {}
-        self._matched: set[str] = set()
+            entries.append((name, value))
+        self._table: NamePatterns[WeightValue] = NamePatterns(entries)
+        self._resolved: BoundedCache[str, WeightValue] = BoundedCache(4096)
         self._plans: BoundedCache[tuple[str, ...], WeightPlan] = BoundedCache()
-
-    @property
-    def has_schedules(self) -> bool:
-        return any(callable(v) for v in [*self._exact.values(), *(v for _, v in self._patterns)])
 
     def resolve(self, name: str) -> WeightValue:
         value = self._resolved.get(name)
         if value is None:
-            value = self._lookup(name)
-            self._resolved[name] = value
+            value = self._table.match(name, 1.0)
+            self._resolved.put(name, value)
         return value
-
-    def _lookup(self, name: str) -> WeightValue:
-        if name in self._exact:
-            self._matched.add(name)
-            return self._exact[name]
-        for pattern, value in self._patterns:
-            if fnmatch.fnmatchcase(name, pattern):
-                self._matched.add(pattern)
-                return value
-        return 1.0
 
     def plan(self, names: tuple[str, ...]) -> WeightPlan:
         plan = self._plans.get(names)
@@ -115,7 +98,7 @@ class LossWeights:
 
     def unmatched(self) -> list[str]:
         """The names and patterns of ``loss_weights`` that matched no loss term."""
-        return sorted((set(self._exact) | {p for p, _ in self._patterns}) - self._matched)
+        return self._table.unmatched()
 
 
 def _check_weight(name: str, value: object, source: str) -> float:

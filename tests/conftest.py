@@ -17,6 +17,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_losses import LossDictModule
 
+# One torch thread, here and in every subprocess a test starts: CI's 2-core machine runs the
+# suite, and torch's default of one thread per core makes the threads fight for busy cores.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")

@@ -467,22 +467,17 @@ def scenario(name: str) -> tuple[L.LightningModule, dict[str, Any], dict[str, An
     raise SystemExit(f"unknown scenario {name!r}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("scenario")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--strategy", default="ddp", choices=["ddp", "ddp_spawn"])
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    module, fit_kwargs, trainer_kwargs = scenario(args.scenario)
-    strategy = trainer_kwargs.pop("strategy", args.strategy)
+def fit(name: str, out: Path, strategy_name: str) -> None:
+    """One scenario's fit; this rank's observations go to ``out/rank<r>.json``."""
+    module, fit_kwargs, trainer_kwargs = scenario(name)
+    strategy = trainer_kwargs.pop("strategy", strategy_name)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,
         strategy=strategy,
         num_nodes=1,
         logger=MemoryLogger(),
-        callbacks=[Recorder(args.out)],
+        callbacks=[Recorder(str(out))],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -493,6 +488,23 @@ def main() -> None:
         trainer.fit(module, **fit_kwargs)
     except Exception as error:  # recorded by Recorder.on_exception; the test reads the files
         print(f"rank {os.environ.get('LOCAL_RANK', '?')}: {type(error).__name__}: {error}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenarios", nargs="+", help="fitted one after another, in this order")
+    parser.add_argument("--out", required=True, help="each scenario writes to OUT/<scenario>/")
+    parser.add_argument("--strategy", default="ddp", choices=["ddp", "ddp_spawn"])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    # Several scenarios share the two processes (starting them, and importing torch and Lightning
+    # in each, costs more than most fits). Each starts from the random state of a fresh process,
+    # as if it ran alone. Under "ddp" the first fit starts rank 1, which runs the same list; the
+    # later fits reuse both processes and the process group.
+    seed = torch.initial_seed()
+    for name in args.scenarios:
+        torch.manual_seed(seed)
+        fit(name, Path(args.out) / name, args.strategy)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+# appended, not prepended: a module of tests/ (gan.py) wins over an example of the same name
+sys.path.append(str(Path(__file__).resolve().parents[1] / "examples"))
 from detector import BoxAP, Scenes, TinyRCNN, collate
 
 __all__ = ["BoxAP", "Scenes", "TinyRCNN", "collate", "reference_ap", "reference_scores"]

@@ -16,16 +16,25 @@ What it encodes:
   only as the weighted total ``<stage>/loss``; otherwise every term is logged unweighted next to
   the total;
 - ``weight/<term>`` for weights that are not a constant 1, in training only;
-- training windows close on optimizer-stepping batches whose count is a multiple of
-  ``log_every_n_steps``; the rest is written once when training stops; epoch means are plain means
-  over batches; evaluation means are weighted by batch size, per dataloader, never pooled;
+- training windows close where Lightning writes its own step metrics (optimizer-stepping batches
+  whose count is a multiple of ``log_every_n_steps``, or where ``should_stop`` is set); the rest is
+  written once when training stops, labelled with the last batch's ``step`` and ``epoch``; epoch
+  means are plain means over batches; evaluation means are weighted by batch size, per dataloader,
+  never pooled;
 - every ``fit``/``validate``/``test`` call starts empty, and sanity-check validation logs nothing.
+
+When validation runs, when training stops and which row carries which ``step`` and ``epoch`` are
+predicted from Lightning's loop rules (``lightning/pytorch/loops/training_epoch_loop.py``,
+``fit_loop.py``, ``callbacks/early_stopping.py``, the logger connector), never read from the run:
+:meth:`Reference.fit` simulates the loops and takes from the run only the values each batch
+returned, checking that the run executed exactly the batches it predicted.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 Weight = float | Callable[[int], float]
@@ -41,7 +50,9 @@ class Step:
     floats; ``requires_grad`` the names among them whose tensor carried a gradient.
     ``global_step`` is ``trainer.global_step`` during the step (the argument of weight schedules).
     ``training`` tells a training step from a validation step inside ``fit`` (validation may run
-    mid-epoch, and training resumes after it without any other marker).
+    mid-epoch, and training resumes after it without any other marker). ``where`` names the batch
+    as the loops ran it: ``("train", epoch, batch_idx)``, ``("val"|"test", loader, batch_idx)``.
+    ``added_metrics`` are the names among ``values`` that came from ``add_metric``.
     """
 
     values: Mapping[str, float]
@@ -50,6 +61,8 @@ class Step:
     global_step: int = 0
     dataloader_idx: int = 0
     training: bool = True
+    where: tuple[str, int, int] = ("train", 0, 0)
+    added_metrics: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -82,23 +95,97 @@ class Point:
     steps: frozenset[int] | None = None
 
 
+@dataclass(frozen=True)
+class Row:
+    """One logger write: the ``step`` and ``epoch`` columns and every value of the row."""
+
+    step: int
+    epoch: int
+    values: Mapping[str, float]
+
+
 @dataclass
 class Expected:
-    """What one Trainer call must log: ``series[name]`` in order, and ``trainer.validate()``'s
-    or ``trainer.test()``'s returned dicts (one per dataloader; ``None`` for ``fit``)."""
+    """What one Trainer call must log: the rows in order, ``trainer.validate()``'s or
+    ``trainer.test()``'s returned dicts (one per dataloader; ``None`` for ``fit``) and, for
+    ``fit``, the library's names in ``trainer.callback_metrics`` at its end."""
 
-    series: dict[str, list[Point]] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
     returned: list[dict[str, float]] | None = None
+    callback: dict[str, float] = field(default_factory=dict)
 
-    def add(self, name: str, value: float, steps: Iterable[int] | None) -> None:
-        self.series.setdefault(name, []).append(
-            Point(value, None if steps is None else frozenset(steps))
-        )
+    def write(self, step: int, epoch: int, values: Mapping[str, float]) -> None:
+        if values:
+            self.rows.append(Row(step, epoch, dict(values)))
+
+    @property
+    def series(self) -> dict[str, list[Point]]:
+        """Each name's values in row order, with the step of their row."""
+        out: dict[str, list[Point]] = {}
+        for row in self.rows:
+            for name, value in row.values.items():
+                out.setdefault(name, []).append(Point(value, frozenset({row.step})))
+        return out
 
     def extend(self, other: Expected) -> None:
-        """Append ``other``'s series after this one's (two calls logging to one logger)."""
-        for name, points in other.series.items():
-            self.series.setdefault(name, []).extend(points)
+        """Append ``other``'s rows after this one's (two calls logging to one logger)."""
+        self.rows.extend(other.rows)
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """``EarlyStopping(monitor, patience, strict=False, check_on_train_epoch_end=...)``, mode min;
+    ``on_train_epoch_end=None`` is Lightning's default (decided from the Trainer's flags)."""
+
+    monitor: str
+    patience: int
+    on_train_epoch_end: bool | None = None
+
+
+@dataclass(frozen=True)
+class Loop:
+    """The Trainer flags that decide the loops' schedule, as Lightning resolves them.
+
+    ``batches_per_epoch`` is after ``limit_train_batches``; ``val_batches`` per loader after
+    ``limit_val_batches``; ``val_check_batch`` as ``_FitLoop.setup_data`` computes it from
+    ``val_check_interval`` (an int as is, a float ``f`` as ``max(1, int(batches * f))``).
+    """
+
+    batches_per_epoch: int
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 50
+    max_epochs: int = 1
+    max_steps: int = -1
+    stop_after_batches: int | None = None
+    val_batches: tuple[int, ...] = ()
+    val_check_batch: int | None = None
+    check_val_every_n_epoch: int = 1
+    val_check_interval_is_one: bool = True
+    num_sanity_val_steps: int = 0
+    early_stopping: EarlyStop | None = None
+
+
+class Feed:
+    """The run's recorded steps, taken in the order the reference predicts them."""
+
+    def __init__(self, steps: Sequence[Step]) -> None:
+        self.steps, self.i = list(steps), 0
+
+    def take(self, where: tuple[str, int, int]) -> Step:
+        assert self.i < len(self.steps), f"the reference predicted batch {where}; the run ended"
+        step = self.steps[self.i]
+        assert step.where == where, (
+            f"the reference predicted batch {where} as the run's step {self.i}; the run ran "
+            f"{step.where}"
+        )
+        self.i += 1
+        return step
+
+    def done(self) -> None:
+        rest = [s.where for s in self.steps[self.i : self.i + 3]]
+        assert self.i == len(self.steps), (
+            f"the run ran batches the reference did not predict: {rest}"
+        )
 
 
 def mean(values: Sequence[float]) -> float:
@@ -122,28 +209,53 @@ class Reference:
     The only state kept between calls is the module's classification: the names that have been a
     loss term in training, and whether any training step has happened. Windows and means never
     carry over, which is itself part of the contract.
+
+    ``named(name)`` tells whether something the user configured names ``name`` as a loss term
+    (``loss_keys``, ``loss_weights`` entries): before any training step that decides; ``loss_keys``
+    (``select``) decides in every stage.
     """
 
-    def __init__(self, loss_weights: Mapping[str, Weight] | None = None) -> None:
+    def __init__(
+        self,
+        loss_weights: Mapping[str, Weight] | None = None,
+        select: Callable[[str], bool] | None = None,
+    ) -> None:
         self.loss_weights = dict(loss_weights or {})
+        self.select = select
         self.train_terms: set[str] = set()
         self.trained = False
 
     # -- one step ---------------------------------------------------------------------------
 
+    def _weight_entry(self, name: str) -> Weight | None:
+        """An exact name wins, then the first matching glob pattern in the order given."""
+        if name in self.loss_weights:
+            return self.loss_weights[name]
+        for pattern, w in self.loss_weights.items():
+            if any(c in pattern for c in "*?[") and fnmatch.fnmatchcase(name, pattern):
+                return w
+        return None
+
     def weight(self, name: str, global_step: int) -> float:
-        w = self.loss_weights.get(name, 1.0)
+        w = self._weight_entry(name)
+        if w is None:
+            return 1.0
         return float(w(global_step)) if callable(w) else float(w)
 
     def logs_weight(self, name: str) -> bool:
         """A weight is logged unless it is the constant 1 (an unlisted term, or ``1.0``)."""
-        w = self.loss_weights.get(name, 1.0)
-        return callable(w) or float(w) != 1.0
+        w = self._weight_entry(name)
+        return w is not None and (callable(w) or float(w) != 1.0)
 
     def terms(self, step: Step, training: bool) -> list[str]:
         """Which returned names are loss terms in this step (and remember training's verdict)."""
+        if self.select is not None:
+            if training:
+                self.trained = self.trained or bool(step.values)
+            return [k for k in step.values if self.select(k)]
+        candidates = [k for k in step.values if k not in step.added_metrics]
         if training:
-            terms = [k for k in step.values if k in step.requires_grad or k in self.train_terms]
+            terms = [k for k in candidates if k in step.requires_grad or k in self.train_terms]
             self.train_terms.update(terms)
             # A step whose forward returned None classified nothing: until a training step has
             # returned values there is no training verdict to follow (the "no training step
@@ -151,8 +263,8 @@ class Reference:
             self.trained = self.trained or bool(step.values)
             return terms
         if not self.trained:
-            return list(step.values)
-        return [k for k in step.values if k in self.train_terms]
+            return candidates
+        return [k for k in candidates if k in self.train_terms]
 
     def entries(self, step: Step, training: bool) -> dict[str, float]:
         """The names (without stage prefix) and values this step contributes to its means.
@@ -175,90 +287,154 @@ class Reference:
 
     # -- calls ------------------------------------------------------------------------------
 
-    def fit(
-        self,
-        events: Sequence[Event],
-        *,
-        batches_per_epoch: int,
-        accumulate_grad_batches: int = 1,
-        log_every_n_steps: int = 50,
-        num_dataloaders: int = 1,
-    ) -> Expected:
-        """What ``trainer.fit`` logs, from the events of that call in order.
+    def fit(self, steps: Sequence[Step], loop: Loop) -> Expected:
+        """What ``trainer.fit`` on a fresh Trainer logs, by simulating Lightning's loops.
 
-        Validation steps (``training=False``) belong to the latest ``EvalStart``. Raises
-        ``AssertionError`` if ``trainer.global_step`` did not count optimizer steps as this
-        reference assumes, so that a wrong assumption about Lightning is never blamed on the
-        library.
+        ``steps`` are the run's records in order (sanity check, training and validation
+        batches); each must be the batch the simulation expects next.
         """
+        feed = Feed(steps)
         expected = Expected()
+        callback = expected.callback
+        n_loaders = len(loop.val_batches)
+        validation = sum(loop.val_batches) > 0
+        if loop.num_sanity_val_steps and validation:
+            for i, n in enumerate(loop.val_batches):
+                for j in range(min(n, loop.num_sanity_val_steps)):
+                    feed.take(("val", i, j))  # sanity check: nothing is logged
+        per_epoch = loop.batches_per_epoch
+        check_batch = loop.val_check_batch or per_epoch
+        early = loop.early_stopping
+        early_at_epoch_end = early is not None and (
+            early.on_train_epoch_end
+            if early.on_train_epoch_end is not None
+            else loop.val_check_interval_is_one and loop.check_val_every_n_epoch == 1
+        )
+        best, wait = math.inf, 0
+        stepped = global_step = seen = 0  # _batches_that_stepped, optimizer steps, batches
+        should_stop = False
         window: list[dict[str, float]] = []
-        epoch: list[dict[str, float]] = []
-        # optimizer-stepping batches so far in this fit (Lightning's _batches_that_stepped)
-        stepped = 0
-        last_stepped = False  # whether the latest training batch stepped
-        batch_idx = -1
-        in_eval: Evaluation | None = None
-        sanity = False
+        last_labels = (0, 0)
 
-        def write_epoch() -> None:
-            if epoch:
-                for name, value in window_means(epoch).items():
-                    if not name.startswith("weight/"):
-                        expected.add(f"train/{name}_epoch", value, {stepped - 1, stepped})
+        def write_window(step: int, epoch: int, to_callbacks: bool) -> None:
+            nonlocal window
+            means = {
+                name if name.startswith("weight/") else f"train/{name}": value
+                for name, value in window_means(window).items()
+            }
+            expected.write(step, epoch, means)
+            if to_callbacks:
+                callback.update(means)
+            window = []
 
-        def close_eval() -> None:
-            nonlocal in_eval
-            if in_eval is not None and not sanity:
-                step_at_val = stepped - 1 if last_stepped else stepped
-                in_eval.write(expected, "val", num_dataloaders, {step_at_val})
-            in_eval = None
-
-        for event in events:
-            if isinstance(event, EpochStart):
-                close_eval()
-                write_epoch()
-                epoch, batch_idx = [], -1
-            elif isinstance(event, EvalStart):
-                close_eval()
-                in_eval, sanity = Evaluation(), event.sanity
-            elif not event.training:
-                assert in_eval is not None, "a validation step outside a validation run"
-                in_eval.add(event, self.entries(event, training=False) if not sanity else {})
+        def early_check() -> None:
+            nonlocal best, wait, should_stop
+            assert early is not None
+            current = callback.get(early.monitor)
+            if current is None:  # strict=False: no decision without the monitored value
+                return
+            if current < best:
+                best, wait = current, 0
             else:
-                close_eval()
-                batch_idx += 1
-                assert event.global_step == stepped, (
-                    f"the reference's model of Lightning is wrong: batch {batch_idx} ran at "
-                    f"global_step {event.global_step}, expected {stepped}"
+                wait += 1
+                if wait >= early.patience:
+                    should_stop = True
+
+        for epoch in range(loop.max_epochs):
+            epoch_rows: list[dict[str, float]] = []
+            for b in range(per_epoch):
+                step = feed.take(("train", epoch, b))
+                assert step.global_step == global_step, (
+                    f"the reference's model of Lightning is wrong: batch {b} of epoch {epoch} "
+                    f"ran at global_step {step.global_step}, expected {global_step}"
                 )
-                row = self.entries(event, training=True)
+                row = self.entries(step, training=True)
                 window.append(row)
-                epoch.append(row)
-                last_stepped = stepping_batch(batch_idx, batches_per_epoch, accumulate_grad_batches)
-                if last_stepped:
-                    if (stepped + 1) % log_every_n_steps == 0:
-                        write_window(expected, window, {stepped})
-                        window = []
-                    stepped += 1
-        close_eval()
-        write_epoch()
-        if window:  # the last partial window, written when training stops
-            write_window(expected, window, {max(stepped - 1, 0), stepped})
+                epoch_rows.append(row)
+                stepping = (b + 1) % loop.accumulate_grad_batches == 0 or b == per_epoch - 1
+                global_step += stepping
+                seen += 1
+                if loop.stop_after_batches == seen:
+                    should_stop = True  # a callback's on_train_batch_end
+                last_labels = (stepped, epoch)
+                # update_train_step_metrics: not while accumulating; should_update_logs
+                if stepping and ((stepped + 1) % loop.log_every_n_steps == 0 or should_stop):
+                    write_window(stepped, epoch, to_callbacks=True)
+                # on_advance_end: _should_check_val_fx
+                if (
+                    validation
+                    and (epoch + 1) % loop.check_val_every_n_epoch == 0
+                    and (should_stop or (b + 1) % check_batch == 0)
+                ):
+                    run = Evaluation()
+                    for i, n in enumerate(loop.val_batches):
+                        for j in range(n):
+                            vstep = feed.take(("val", i, j))
+                            run.add(vstep, self.entries(vstep, training=False))
+                    merged: dict[str, float] = {}
+                    for values in run.means("val", n_loaders):
+                        merged.update(values)
+                    expected.write(stepped, epoch, merged)
+                    callback.update(merged)
+                    if early is not None and not early_at_epoch_end:
+                        early_check()
+                stepped += stepping
+                max_steps_reached = loop.max_steps != -1 and global_step >= loop.max_steps
+                if max_steps_reached or b == per_epoch - 1 or should_stop:
+                    break
+            # on_train_epoch_end: epoch means, under the plain names too (for monitors)
+            epoch_means = {
+                f"train/{name}": value
+                for name, value in window_means(window_rows_of(epoch_rows)).items()
+            }
+            callback.update(epoch_means)
+            callback.update({f"{name}_epoch": v for name, v in epoch_means.items()})
+            if early is not None and early_at_epoch_end:
+                early_check()
+            expected.write(
+                stepped - 1, epoch, {f"{name}_epoch": v for name, v in epoch_means.items()}
+            )
+            max_steps_reached = loop.max_steps != -1 and global_step >= loop.max_steps
+            if max_steps_reached or should_stop:
+                break
+        if window:  # on_train_end: the last partial window, with the last batch's labels
+            write_window(*last_labels, to_callbacks=False)
+        feed.done()
+        self.epochs_run = epoch + 1  # type: ignore[possibly-undefined]
+        self.stepped = stepped
         return expected
 
     def evaluate(
-        self, stage: str, events: Sequence[Event], *, num_dataloaders: int = 1, step: int = 0
+        self,
+        stage: str,
+        steps: Sequence[Step],
+        val_batches: Sequence[int],
+        *,
+        step: int = 0,
+        epoch: int = 0,
     ) -> Expected:
         """What ``trainer.validate`` (``stage="val"``) or ``trainer.test`` (``"test"``) logs and
-        returns; ``step`` is the trainer's ``_batches_that_stepped`` (0 for a fresh Trainer)."""
+        returns; ``step`` and ``epoch`` are the trainer's ``_batches_that_stepped`` and
+        ``current_epoch`` (0 for a fresh Trainer)."""
+        feed = Feed(steps)
         run = Evaluation()
-        for event in events:
-            if isinstance(event, Step):
-                run.add(event, self.entries(event, training=False))
+        for i, n in enumerate(val_batches):
+            for j in range(n):
+                s = feed.take((stage, i, j))
+                run.add(s, self.entries(s, training=False))
+        feed.done()
         expected = Expected()
-        expected.returned = run.write(expected, stage, num_dataloaders, {step})
+        expected.returned = run.means(stage, len(val_batches))
+        merged: dict[str, float] = {}
+        for values in expected.returned:
+            merged.update(values)
+        expected.write(step, epoch, merged)
         return expected
+
+
+def window_rows_of(rows: Sequence[Mapping[str, float]]) -> list[dict[str, float]]:
+    """Epoch means leave out the weights."""
+    return [{k: v for k, v in row.items() if not k.startswith("weight/")} for row in rows]
 
 
 def window_means(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -268,11 +444,6 @@ def window_means(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
         for name, value in row.items():
             names.setdefault(name, []).append(value)
     return {name: mean(values) for name, values in names.items()}
-
-
-def write_window(expected: Expected, rows: Sequence[Mapping[str, float]], steps: set[int]) -> None:
-    for name, value in window_means(rows).items():
-        expected.add(name if name.startswith("weight/") else f"train/{name}", value, steps)
 
 
 class Evaluation:
@@ -286,17 +457,15 @@ class Evaluation:
         for name, value in entries.items():
             per_name.setdefault(name, []).append((value, step.batch_size))
 
-    def write(
-        self, expected: Expected, stage: str, num_dataloaders: int, steps: set[int]
-    ) -> list[dict[str, float]]:
+    def means(self, stage: str, num_dataloaders: int) -> list[dict[str, float]]:
+        """Each loader's means under Lightning's names (``/dataloader_idx_<i>`` when several)."""
         returned: list[dict[str, float]] = []
         for idx in range(num_dataloaders):
             suffix = f"/dataloader_idx_{idx}" if num_dataloaders > 1 else ""
-            values = {
-                f"{stage}/{name}{suffix}": weighted_mean(pairs)
-                for name, pairs in self.pairs.get(idx, {}).items()
-            }
-            for name, value in values.items():
-                expected.add(name, value, steps)
-            returned.append(values)
+            returned.append(
+                {
+                    f"{stage}/{name}{suffix}": weighted_mean(pairs)
+                    for name, pairs in self.pairs.get(idx, {}).items()
+                }
+            )
         return returned

@@ -56,3 +56,14 @@ def test_after_an_epoch_the_plain_name_holds_the_epoch_mean_for_monitors(tmp_pat
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(epoch_means[-1])
     assert epoch_means[-1] != pytest.approx(last_windows[-1])  # so the test can tell them apart
     assert float(checkpoint.best_model_score) == pytest.approx(min(epoch_means))
+
+
+def test_the_quick_start_fits_with_a_sanity_check_and_no_warning_from_us(recwarn) -> None:
+    """The README's quick start (weights on some terms, the default sanity check): nothing we
+    say there could help, since the sanity check's values are never written."""
+    model = MultiTask(loss_weights={"depth": 0.5})
+    make_trainer(num_sanity_val_steps=2, max_epochs=1).fit(
+        model, multitask_data(), multitask_data(seed=1)
+    )
+    ours = [str(w.message) for w in recwarn if "training step has told" in str(w.message)]
+    assert ours == []

@@ -27,24 +27,54 @@ pytestmark = [
 ]
 JOB = Path(__file__).with_name("ddp_job.py")
 TIMEOUT = 240
+pytestmark.append(pytest.mark.timeout(TIMEOUT * 3 + 60))  # the first test runs the whole batch
+
+
+#: Scenarios fitted one after another in one 2-process job, the first time a test asks for one
+#: of them: each job start costs two interpreters importing torch and Lightning, more than most
+#: fits. Where at most a few tests of this file are selected (``-k``), each runs its own job.
+BATCHED = (
+    "means", "loaders", "add_loss", "none_rank1", "nan_raise", "nan_skip", "routes",
+    "diagnostics", "uw", "aggregator", "count_ours", "count_plain", "detector", "gan", "famo",
+    "imtll",
+)  # fmt: skip
+_batch: dict[str, list[dict] | str] = {}
+_selected = {"tests": 0}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _count_selected_tests(request):
+    _selected["tests"] = sum(item.module is request.module for item in request.session.items)
 
 
 def run_job(scenario: str, tmp_path: Path, strategy: str = "ddp") -> list[dict]:
-    ranks, launcher, log = _run_job_once(scenario, tmp_path / scenario, strategy)
+    if strategy == "ddp" and scenario in BATCHED and _selected["tests"] > 3:
+        if not _batch:
+            _batch.update(_run_batch(tmp_path / "batch"))
+        return _records(_batch, scenario)
+    ranks, launcher, log = _run_job_once([scenario], tmp_path, strategy)
     if launcher is not None and launcher["exception"] == "ProcessExitedException":
         # A spawned worker that exits abnormally (seen once in CI, at gloo teardown) is the
         # process launcher's problem, not the job's: run it again once, and say so.
         print(f"ddp_spawn worker exited abnormally, retrying once: {launcher['message']}\n{log}")
-        ranks, launcher, log = _run_job_once(scenario, tmp_path / f"{scenario}_retry", strategy)
+        ranks, launcher, log = _run_job_once([scenario], tmp_path / "retry", strategy)
+    assert launcher is None, f"the launching process raised {launcher}:\n{log[-4000:]}"
+    return _records(ranks, scenario)
+
+
+def _run_batch(out: Path) -> dict[str, list[dict] | str]:
+    ranks, launcher, log = _run_job_once(list(BATCHED), out, "ddp", timeout=TIMEOUT * 3)
     assert launcher is None, f"the launching process raised {launcher}:\n{log[-4000:]}"
     return ranks
 
 
-def _run_job_once(scenario: str, out: Path, strategy: str) -> tuple[list[dict], dict | None, str]:
+def _run_job_once(
+    scenarios: list[str], out: Path, strategy: str, timeout: int = TIMEOUT
+) -> tuple[dict[str, list[dict] | str], dict | None, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     env.pop("LOCAL_RANK", None)
     process = subprocess.Popen(
-        [sys.executable, str(JOB), scenario, "--out", str(out), "--strategy", strategy],
+        [sys.executable, str(JOB), *scenarios, "--out", str(out), "--strategy", strategy],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -52,17 +82,26 @@ def _run_job_once(scenario: str, out: Path, strategy: str) -> tuple[list[dict], 
         start_new_session=True,  # its own process group: a timeout kills every rank
     )
     try:
-        log, _ = process.communicate(timeout=TIMEOUT)
+        log, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         log, _ = process.communicate()
-        pytest.fail(f"DDP job {scenario!r} hung for {TIMEOUT}s:\n{log[-3000:]}")
-    launcher = out / "launcher.json"
-    if launcher.exists():
-        return [], json.loads(launcher.read_text()), log
-    files = sorted(out.glob("rank*.json")) if out.exists() else []
-    assert len(files) == 2, f"expected a record from each rank:\n{log[-4000:]}"
-    return [json.loads(f.read_text()) for f in files], None, log
+        pytest.fail(f"DDP job {scenarios} hung for {timeout}s:\n{log[-3000:]}")
+    ranks = {}
+    for scenario in scenarios:
+        launcher = out / scenario / "launcher.json"
+        if launcher.exists():
+            return {}, json.loads(launcher.read_text()), log
+        files = sorted((out / scenario).glob("rank*.json"))
+        # a scenario without both records fails its own test, not the others of the batch
+        ranks[scenario] = [json.loads(f.read_text()) for f in files] if len(files) == 2 else log
+    return ranks, None, log
+
+
+def _records(ranks: dict[str, list[dict] | str], scenario: str) -> list[dict]:
+    found = ranks[scenario]
+    assert not isinstance(found, str), f"expected a record from each rank:\n{found[-4000:]}"
+    return found
 
 
 # ---------------------------------------------------------------- logged values
@@ -104,7 +143,7 @@ def test_logged_values_are_means_over_ranks_and_steps(tmp_path, strategy):
     # 8 steps a rank per epoch, 2 epochs, a write every 3 steps, and the last (partial)
     # window written when training stops
     windows = [range(0, 3), range(3, 6), range(6, 9), range(9, 12), range(12, 15), range(15, 16)]
-    assert [s for s, _ in step_rows] == [2, 5, 8, 11, 14, 16]
+    assert [s for s, _ in step_rows] == [2, 5, 8, 11, 14, 15]  # the last: its batch's own step
     for (step, row), window in zip(step_rows, windows):
         expected = pooled_means(window)
         written = {k.removeprefix("train/"): v for k, v in row.items() if k.startswith("train/")}
@@ -141,7 +180,8 @@ def test_two_val_loaders_stay_apart_and_metrics_stay_out_of_the_total_under_ddp(
     (val_row,) = [m for _, m in logged if any(k.startswith("val/") for k in m)]
     assert {k: v for k, v in val_row.items() if k != "epoch"} == pytest.approx(expected_val)
     step_rows = [(s, m) for s, m in logged if "train/a" in m]
-    assert [s for s, _ in step_rows] == [2, 5, 8]  # 8 steps a rank: 2 writes, then the rest
+    # 8 steps a rank: 2 writes, then the rest at its last batch's own step (7)
+    assert [s for s, _ in step_rows] == [2, 5, 7]
     for (_, row), window in zip(step_rows, [range(0, 3), range(3, 6), range(6, 8)]):
         a = statistics.fmean(10 * r + s for r in (0, 1) for s in window)
         written = {k: v for k, v in row.items() if k != "epoch"}

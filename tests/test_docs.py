@@ -1,7 +1,8 @@
-"""The documentation site builds cleanly, and the Python snippets on its pages still run.
+"""The documentation site builds cleanly, and the Python snippets on its pages and in the README
+still run.
 
-Every ```` ```python ```` block in ``docs/*.md`` is a complete program unless the line before its
-fence says otherwise:
+Every ```` ```python ```` block in ``docs/*.md`` and ``README.md`` is a complete program unless
+the line before its fence says otherwise:
 
 * ``<!-- snippet: fragment -->``: not a program (a method body, or code that uses names such as
   ``model`` or ``train_loader`` that the page leaves to the reader); it is only compiled.
@@ -27,7 +28,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-PAGES = sorted(DOCS.glob("*.md"))
+README = ROOT / "README.md"
+PAGES = [*sorted(DOCS.glob("*.md")), README]
 
 MARKER = re.compile(r"^<!--\s*snippet:\s*(?P<kind>[\w-]+)\s*-->\s*$")
 FENCE = re.compile(r"^\s*(?P<fence>`{3,})\s*(?P<lang>[\w+-]*)")
@@ -38,7 +40,7 @@ OPTIONAL = {"torchjd", "wandb", "matplotlib", "transformers", "jsonargparse"}
 
 @dataclass
 class Snippet:
-    page: str
+    page: str  # relative to the repository root
     line: int  # 1-based line of the first line of code
     code: str
     kind: str  # "run", "fragment" or "continue"
@@ -50,7 +52,7 @@ class Snippet:
     def compiled(self):
         # leading blank lines make tracebacks point at the Markdown file's own line numbers
         source = "\n" * (self.line - 1) + textwrap.dedent(self.code)
-        return compile(source, str(DOCS / self.page), "exec")
+        return compile(source, str(ROOT / self.page), "exec")
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Chain:
 
 def python_snippets(page: Path) -> list[Snippet]:
     lines = page.read_text(encoding="utf-8").splitlines()
+    name = page.relative_to(ROOT).as_posix()
     snippets: list[Snippet] = []
     i = 0
     while i < len(lines):
@@ -83,8 +86,8 @@ def python_snippets(page: Path) -> list[Snippet]:
             marked = MARKER.match(previous.strip())
             kind = marked["kind"] if marked else "run"
             if kind != "run" and kind not in KINDS:
-                raise ValueError(f"{page.name}:{i + 1}: unknown snippet marker {kind!r}")
-            snippets.append(Snippet(page.name, i + 2, "\n".join(lines[i + 1 : end]) + "\n", kind))
+                raise ValueError(f"{name}:{i + 1}: unknown snippet marker {kind!r}")
+            snippets.append(Snippet(name, i + 2, "\n".join(lines[i + 1 : end]) + "\n", kind))
         i = end + 1
     return snippets
 
@@ -131,7 +134,7 @@ def test_snippet_runs(chain, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    namespace = {"__name__": "__main__", "__file__": str(DOCS / chain.snippets[0].page)}
+    namespace = {"__name__": "__main__", "__file__": str(ROOT / chain.snippets[0].page)}
     try:
         for snippet in chain.snippets:
             exec(snippet.compiled(), namespace)
@@ -147,3 +150,36 @@ def test_snippet_runs(chain, tmp_path, monkeypatch):
 @pytest.mark.parametrize("snippet", FRAGMENTS, ids=lambda s: s.where)
 def test_fragment_compiles(snippet):
     snippet.compiled()
+
+
+README_TEXT = README.read_text(encoding="utf-8")
+#: Markdown links and images, ``[text](target)`` / ``![alt](target)``, and HTML ``src=``/``href=``
+LINK = re.compile(
+    r"(?P<image>!?)\[[^\]]*\]\((?P<target>[^)\s]+)\)|(?:src|href)=\"(?P<html>[^\"]+)\""
+)
+
+
+def test_the_readme_is_short_and_has_runnable_snippets():
+    assert len(README_TEXT.splitlines()) <= 250
+    assert sum(chain.snippets[0].page == "README.md" for chain in CHAINS) >= 3
+
+
+def test_the_readme_has_no_relative_image_and_no_broken_relative_link():
+    # a package index shows the README without the repository: a relative image breaks there
+    for found in LINK.finditer(README_TEXT):
+        target = found["target"] or found["html"]
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        assert not found["image"] and not found["html"], f"relative image in README: {target}"
+        assert (ROOT / target.split("#")[0]).exists(), f"README links to a missing {target}"
+
+
+def test_the_readme_test_command_is_what_ci_runs():
+    commands = [
+        line.strip()
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip().startswith("python -m pytest")
+    ]
+    assert commands == ["python -m pytest -q"]
+    assert "\npython -m pytest -q\n" in README_TEXT
+    assert "python examples/multitask.py" in README_TEXT

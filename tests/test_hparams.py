@@ -132,7 +132,7 @@ def test_subclass_loads_with_its_own_and_the_base_arguments(tmp_path):
     loaded = Heads.load_from_checkpoint(path)
     assert loaded.trunk.out_features == 5
     assert loaded.nonfinite == "skip"
-    assert loaded._weights.resolve("depth") == 0.25
+    assert loaded.loss_weights.get("depth", 1.0) == 0.25
     assert loaded.optimizer_factory.func is torch.optim.SGD
     assert loaded.optimizer_factory.keywords == {"lr": 0.1}
     assert loaded.lr_scheduler_factory.func is torch.optim.lr_scheduler.StepLR
@@ -252,10 +252,10 @@ def test_a_schedule_is_never_silently_dropped(tmp_path, mode):
     said = "\n".join(str(w.message) for w in loading)
     assert "does not record loss_weights['depth']" in said and "weighs 'depth' 1" in said
     assert "does not record loss_weights['recon']" in said
-    assert loaded._weights.resolve("seg") == 2.0  # the constants are kept
-    assert loaded._weights.resolve("depth") == 1.0
+    assert loaded.loss_weights.get("seg", 1.0) == 2.0  # the constants are kept
+    assert loaded.loss_weights.get("depth", 1.0) == 1.0
     again = cls.load_from_checkpoint(path, loss_weights=weights)
-    assert again._weights.resolve("depth")(7) == 0.5 and again._weights.resolve("recon") is warmup
+    assert again.loss_weights["depth"](7) == 0.5 and again.loss_weights["recon"] is warmup
 
 
 def test_a_lambda_scheduler_is_named_and_a_partial_one_restored(tmp_path):
@@ -308,7 +308,7 @@ def test_hparams_yaml_is_plain_truthful_and_reloads(tmp_path, logger_class):
     assert stored["hidden"] == 4 and stored["prog_bar"] == ["loss", "seg"]
     assert stored["optimizer"] == {"class_path": "torch.optim.sgd.SGD", "init_args": {"lr": 0.1}}
     loaded = Defaults.load_from_checkpoint(path, hparams_file=yaml_path)
-    assert loaded._select("seg") and loaded._weights.resolve("depth") == 0.5
+    assert loaded._lifecycle.select("seg") and loaded.loss_weights.get("depth", 1.0) == 0.5
     assert loaded.optimizer_factory.keywords == {"lr": 0.1}
     _assert_same_state(module, loaded)
 

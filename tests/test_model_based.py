@@ -1,16 +1,20 @@
-"""Model-based test of the logging contract (API.md §1-§3): every logged value against a reference.
+"""Model-based test of the logging contract (API.md §1-§3): every logged cell against a reference.
 
-Hypothesis draws a Trainer configuration (windows, accumulation, mid-epoch validation, limits,
-max_epochs/max_steps/should_stop, one or two val loaders, sanity checks, validate/test before and
-after fit on fresh Trainers or on fit's own, a second fit) and a model (scalar, HuggingFace-like
-``{"loss": ...}`` or dict returns, nested names, optional terms present on some batches only, a term
-that sometimes lacks a gradient, metrics without gradient, non-scalar pass-through outputs, batches
-returning None, constant and scheduled weights). The model records every value it returns, as a
-Python float, together with the step, stage, dataloader and batch size; ``tests/reference.py``
-turns those records into what must be logged, in plain float arithmetic. Then EVERY value of every
-``metrics.csv`` and every dict returned by ``trainer.validate()``/``trainer.test()`` must match it
-to ``rel=1e-9`` (the model is float64 end to end, so float32 rounding anywhere shows), with no
-name missing and none extra.
+Hypothesis draws a Trainer configuration (windows, accumulation, validation every n batches or a
+fraction of an epoch, every n epochs, integer and fractional limits, max_epochs/max_steps, a
+callback's ``should_stop``, EarlyStopping, one or two val loaders, sanity checks, validate/test
+before and after fit on fresh Trainers or on fit's own, a second fit) and a model (subclass or
+wrapped with each ``call=``, tuple or dict batches, scalar, HuggingFace-like ``{"loss": ...}`` or
+dict returns, nested names, optional terms present on some batches only, a term that sometimes
+lacks a gradient, metrics without gradient, ``add_loss``/``add_metric`` from inside the model,
+non-scalar pass-through outputs, batches returning None, ``loss_keys`` as names, globs or a
+callable, constant, glob-keyed and scheduled weights). The model records every value it returns,
+as a Python float, with the batch the loops ran; ``tests/reference.py`` predicts from Lightning's
+loop rules which batches run and which rows are written, and from the contract what they hold,
+in plain float arithmetic. Then EVERY row of every ``metrics.csv`` (its ``step``, its ``epoch``,
+its cells, in file order), every dict returned by ``trainer.validate()``/``trainer.test()`` and
+the library's entries of ``trainer.callback_metrics`` after ``fit`` (float64) must match it to
+``rel=1e-9`` (the model is float64 end to end, so float32 rounding anywhere shows).
 
 The first tests check the reference itself on numbers computed by hand, so that a failure of the
 model-based test can be blamed on the library rather than on the reference.
@@ -32,12 +36,13 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
-from reference import EpochStart, EvalStart, Event, Expected, Point, Reference, Step, Weight
+from reference import EarlyStop, Expected, Loop, Reference, Row, Step, Weight
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
+import lightning_losses as ll
 from lightning_losses import LossDictModule
 
 REL = 1e-9
@@ -53,163 +58,164 @@ def schedule(step: int) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def values(expected: Expected) -> dict[str, list[float]]:
-    return {name: [p.value for p in points] for name, points in expected.series.items()}
+def assert_rows(got: Sequence[Row], want: Sequence[Row]) -> None:
+    """Same rows, labels and names, values equal up to the hand arithmetic's rounding."""
+    assert [(r.step, r.epoch, sorted(r.values)) for r in got] == [
+        (r.step, r.epoch, sorted(r.values)) for r in want
+    ]
+    for g, w in zip(got, want):
+        assert dict(g.values) == pytest.approx(dict(w.values), rel=1e-12)
 
 
-def assert_values(expected: Expected, by_hand: dict[str, list[float]]) -> None:
-    """Same names, same number of writes, values equal up to the hand arithmetic's rounding."""
-    got = values(expected)
-    assert set(got) == set(by_hand)
-    for name, want in by_hand.items():
-        assert got[name] == pytest.approx(want, rel=1e-12), name
+def train(epoch: int, b: int, values: dict[str, float], step: int, grad: set[str]) -> Step:
+    return Step(values, frozenset(grad & set(values)), global_step=step, where=("train", epoch, b))
 
 
-def test_reference_windows_epochs_weights_and_final_write() -> None:
+def test_reference_windows_epochs_weights_and_labels() -> None:
     """3 batches an epoch, 2 epochs, a write every 2 steps, ``aux`` on some batches only and an
-    accuracy-like metric: windows cross the epoch boundary, the last partial window is written,
-    the metric is never summed and an absent key writes nothing."""
-    ref = Reference({"aux": 0.5, "main": schedule})
-    g = frozenset({"main", "aux"})
-    steps = [
+    accuracy-like metric: windows cross the epoch boundary, an absent key writes nothing, the
+    metric is never summed, epoch rows sit at the epoch's last step and the last partial window
+    is written after them with the last batch's step and epoch."""
+    ref = Reference({"aux": 0.5, "ma*": schedule})
+    g = {"main", "aux"}
+    values = [
         {"main": 1.0, "aux": 10.0, "acc": 0.5},
         {"main": 2.0},
         {"main": 3.0, "acc": 1.0},
         {"main": 4.0},
         {"main": 5.0, "aux": 20.0},
         {"main": 6.0},
+        {"main": 7.0},
     ]
-    events: list[Event] = []
-    for i, v in enumerate(steps):
-        if i % 3 == 0:
-            events.append(EpochStart())
-        events.append(Step(v, g & set(v), global_step=i))
-    got = ref.fit(events, batches_per_epoch=3, log_every_n_steps=2)
-    w = [1.0, 1.1, 1.2, 1.3, 1.4, 1.5]  # schedule(step) for main
-    totals = [w[0] * 1 + 5.0, w[1] * 2, w[2] * 3, w[3] * 4, w[4] * 5 + 10.0, w[5] * 6]
-    assert_values(
-        got,
-        {
-            "train/main": [1.5, 3.5, 5.5],
-            "train/aux": [10.0, 20.0],  # absent from the window of steps 2-3: not written
-            "train/acc": [0.5, 1.0],
-            "train/loss": [
-                (totals[0] + totals[1]) / 2,
-                (totals[2] + totals[3]) / 2,
-                (totals[4] + totals[5]) / 2,
-            ],
-            "weight/main": [1.05, 1.25, 1.45],
-            "weight/aux": [0.5, 0.5],
-            "train/main_epoch": [2.0, 5.0],
-            "train/aux_epoch": [10.0, 20.0],
-            "train/acc_epoch": [0.75],
-            "train/loss_epoch": [sum(totals[:3]) / 3, sum(totals[3:]) / 3],
-        },
-    )
-    assert [p.steps for p in got.series["train/main"]] == [{1}, {3}, {5}]
-    assert got.series["train/main_epoch"][1].steps == {5, 6}
-
-    # max_steps=5 would have stopped after step 4: the partial window {4} is written at the end
-    partial = Reference({"aux": 0.5}).fit(events[:7], batches_per_epoch=3, log_every_n_steps=2)
-    assert values(partial)["train/main"] == [1.5, 3.5, 5.0]
-    assert partial.series["train/main"][2].steps == {4, 5}
+    steps = [train(i // 3, i % 3, v, i, g) for i, v in enumerate(values)]
+    got = ref.fit(steps, Loop(batches_per_epoch=3, log_every_n_steps=2, max_epochs=3, max_steps=7))
+    w = [1 + 0.1 * i for i in range(7)]  # schedule(step) for main, matched by "ma*"
+    totals = [w[0] * 1 + 5.0, w[1] * 2, w[2] * 3, w[3] * 4, w[4] * 5 + 10.0, w[5] * 6, w[6] * 7]
+    assert_rows(got.rows, [
+        Row(1, 0, {"train/main": 1.5, "train/aux": 10.0, "train/acc": 0.5,
+                   "train/loss": (totals[0] + totals[1]) / 2, "weight/main": (w[0] + w[1]) / 2,
+                   "weight/aux": 0.5}),
+        Row(2, 0, {"train/main_epoch": 2.0, "train/aux_epoch": 10.0, "train/acc_epoch": 0.75,
+                   "train/loss_epoch": sum(totals[:3]) / 3}),
+        Row(3, 1, {"train/main": 3.5, "train/acc": 1.0, "train/loss": (totals[2] + totals[3]) / 2,
+                   "weight/main": (w[2] + w[3]) / 2}),
+        Row(5, 1, {"train/main": 5.5, "train/aux": 20.0,
+                   "train/loss": (totals[4] + totals[5]) / 2, "weight/main": (w[4] + w[5]) / 2,
+                   "weight/aux": 0.5}),
+        Row(5, 1, {"train/main_epoch": 5.0, "train/aux_epoch": 20.0,
+                   "train/loss_epoch": sum(totals[3:6]) / 3}),
+        Row(6, 2, {"train/main_epoch": 7.0, "train/loss_epoch": totals[6]}),
+        Row(6, 2, {"train/main": 7.0, "train/loss": totals[6], "weight/main": w[6]}),
+    ])  # fmt: skip
+    assert got.callback["train/main"] == 7.0  # the epoch mean; the last window is not a monitor
 
 
-def test_reference_accumulation_scalar_return_and_validation_during_fit() -> None:
+def test_reference_accumulation_validation_and_a_stop() -> None:
     """A scalar return logs only the weighted ``train/loss``; with ``accumulate_grad_batches=2``
-    and 3 batches an epoch the optimizer steps after batches 1 and 2, so with a write every step
-    the windows are {0, 1} and {2}; validation follows training's verdict, is weighted by batch
-    size, keeps its loaders apart and ignores the sanity check."""
+    and 3 batches an epoch the optimizer steps after batches 1 and 2; validation runs after the
+    last batch at its step, follows training's verdict, is weighted by batch size, keeps its
+    loaders apart and ignores the sanity check; a stop asked after batch 0 of epoch 1 (an
+    accumulating batch) validates and writes the window at the step that batch had."""
     ref = Reference({"loss": 2.0})
-    lone = frozenset({"loss"})
-    events: list[Event] = [
-        EvalStart(sanity=True),
-        Step({"loss": 100.0}, batch_size=4, training=False),
-        EpochStart(),
-        Step({"loss": 1.0}, lone, global_step=0),
-        Step({"loss": 3.0}, lone, global_step=0),
-        Step({"loss": 5.0}, lone, global_step=1),
-        EvalStart(),
-        Step({"loss": 1.0, "acc": 0.5}, batch_size=3, global_step=2, training=False),
-        Step({"loss": 2.0}, batch_size=1, global_step=2, training=False),
-        Step(
-            {"loss": 10.0, "acc": 1.0},
-            batch_size=2,
-            global_step=2,
-            dataloader_idx=1,
-            training=False,
-        ),
+    lone = {"loss"}
+
+    def val(loader: int, b: int, v: dict[str, float], size: int) -> Step:
+        return Step(
+            v, batch_size=size, dataloader_idx=loader, training=False, where=("val", loader, b)
+        )
+
+    steps = [
+        val(0, 0, {"loss": 100.0}, 4),
+        val(1, 0, {"loss": 100.0}, 4),
+        train(0, 0, {"loss": 1.0}, 0, lone),
+        train(0, 1, {"loss": 3.0}, 0, lone),
+        train(0, 2, {"loss": 5.0}, 1, lone),
+        val(0, 0, {"loss": 1.0, "acc": 0.5}, 3),
+        val(0, 1, {"loss": 2.0}, 1),
+        val(1, 0, {"loss": 10.0, "acc": 1.0}, 2),
+        train(1, 0, {"loss": 7.0}, 2, lone),
+        val(0, 0, {"loss": 1.0}, 3),
+        val(0, 1, {"loss": 1.0}, 1),
+        val(1, 0, {"loss": 1.0}, 2),
     ]
-    got = ref.fit(
-        events,
-        batches_per_epoch=3,
-        accumulate_grad_batches=2,
-        log_every_n_steps=1,
-        num_dataloaders=2,
-    )
-    assert values(got) == {
-        "train/loss": [4.0, 10.0],
-        "weight/loss": [2.0, 2.0],
-        "train/loss_epoch": [6.0],
-        "val/loss/dataloader_idx_0": [(3 * 2.0 + 1 * 4.0) / 4],
-        "val/acc/dataloader_idx_0": [0.5],
-        "val/loss/dataloader_idx_1": [20.0],
-        "val/acc/dataloader_idx_1": [1.0],
-    }
-    assert [p.steps for p in got.series["train/loss"]] == [{0}, {1}]
-    # validation ran after the last batch, before Lightning counted that batch as stepped
-    assert got.series["val/acc/dataloader_idx_0"][0].steps == {1}
+    loop = Loop(
+        batches_per_epoch=3, accumulate_grad_batches=2, log_every_n_steps=1, max_epochs=2,
+        stop_after_batches=4, val_batches=(2, 1), num_sanity_val_steps=1,
+    )  # fmt: skip
+    got = ref.fit(steps, loop)
+    assert_rows(got.rows, [
+        Row(0, 0, {"train/loss": 4.0, "weight/loss": 2.0}),
+        Row(1, 0, {"train/loss": 10.0, "weight/loss": 2.0}),
+        Row(1, 0, {"val/loss/dataloader_idx_0": (3 * 2.0 + 1 * 4.0) / 4,
+                   "val/acc/dataloader_idx_0": 0.5, "val/loss/dataloader_idx_1": 20.0,
+                   "val/acc/dataloader_idx_1": 1.0}),
+        Row(1, 0, {"train/loss_epoch": 6.0}),
+        Row(2, 1, {"val/loss/dataloader_idx_0": 2.0, "val/loss/dataloader_idx_1": 2.0}),
+        Row(1, 1, {"train/loss_epoch": 14.0}),  # no batch stepped in epoch 1
+        Row(2, 1, {"train/loss": 14.0, "weight/loss": 2.0}),
+    ])  # fmt: skip
+    with pytest.raises(AssertionError, match="predicted batch"):
+        ref.fit(steps[:-1], loop)
 
 
 def test_reference_evaluation_before_and_after_training() -> None:
-    """Before any training step every scalar is a term (so ``acc`` is summed into ``val/loss``);
-    after training, names follow training's verdict: ``acc`` is a metric and ``late``, never a
-    term in training, is a metric too. Each call starts from empty means."""
+    """Before any training step every scalar but an added metric is a term (so ``acc`` is summed
+    into ``val/loss``, ``frac`` is not); after training, names follow training's verdict: ``acc``
+    is a metric and ``late``, never a term in training, is a metric too. Each call starts from
+    empty means; the row has the trainer's step and epoch."""
     ref = Reference({"main": 0.5})
+    frac = frozenset({"frac"})
     batches = [
-        Step({"main": 2.0, "acc": 1.0}, batch_size=3, training=False),
-        Step({"main": 4.0, "acc": 0.0, "late": 7.0}, batch_size=1, training=False),
-    ]
-    before = ref.evaluate("val", batches)
+        Step({"main": 2.0, "acc": 1.0, "frac": 0.0}, batch_size=3, training=False,
+             where=("val", 0, 0), added_metrics=frac),
+        Step({"main": 4.0, "acc": 0.0, "late": 7.0}, batch_size=1, training=False,
+             where=("val", 0, 1)),
+    ]  # fmt: skip
+    before = ref.evaluate("val", batches, (2,))
     assert before.returned == [
-        {"val/main": 2.5, "val/acc": 0.75, "val/loss": (3 * 2.0 + 1 * 9.0) / 4, "val/late": 7.0}
+        {
+            "val/main": 2.5,
+            "val/acc": 0.75,
+            "val/frac": 0.0,
+            "val/loss": (3 * 2.0 + 1 * 9.0) / 4,
+            "val/late": 7.0,
+        }
     ]
-    ref.fit(
-        [EpochStart(), Step({"main": 1.0, "acc": 1.0}, frozenset({"main"}))], batches_per_epoch=1
-    )
-    after = ref.evaluate("test", batches, step=3)
+    ref.fit([train(0, 0, {"main": 1.0, "acc": 1.0}, 0, {"main"})], Loop(batches_per_epoch=1))
+    test = [Step(s.values, batch_size=s.batch_size, training=False, where=("test", 0, i),
+                 added_metrics=s.added_metrics) for i, s in enumerate(batches)]  # fmt: skip
+    after = ref.evaluate("test", test, (2,), step=3, epoch=1)
     assert after.returned == [
-        {"test/main": 2.5, "test/acc": 0.75, "test/loss": (3 * 1.0 + 1 * 2.0) / 4, "test/late": 7.0}
+        {
+            "test/main": 2.5,
+            "test/acc": 0.75,
+            "test/frac": 0.0,
+            "test/loss": (3 * 1.0 + 1 * 2.0) / 4,
+            "test/late": 7.0,
+        }
     ]
-    assert after.series["test/loss"] == [Point(1.25, frozenset({3}))]
+    assert after.rows == [Row(3, 1, after.returned[0])]
 
 
-def test_reference_a_term_stays_a_term_and_none_logs_nothing() -> None:
-    """``aux`` was a term with a gradient, so without one it is still a term and summed; a batch
-    whose forward returned None is a step for Lightning (the optimizer count goes on) but adds
-    nothing to any mean, and a window holding only that batch writes nothing."""
-    ref = Reference({"main": 0.5})
-    both = frozenset({"main", "aux"})
-    got = ref.fit(
-        [
-            EpochStart(),
-            Step({"main": 1.0, "aux": 2.0}, both, global_step=0),
-            Step({}, global_step=1),
-            Step({"main": 3.0, "aux": 4.0}, frozenset({"main"}), global_step=2),
-        ],
-        batches_per_epoch=3,
-        log_every_n_steps=1,
-    )
-    assert values(got) == {
-        "train/main": [1.0, 3.0],
-        "train/aux": [2.0, 4.0],
-        "train/loss": [0.5 + 2.0, 1.5 + 4.0],
-        "weight/main": [0.5, 0.5],
-        "train/main_epoch": [2.0],
-        "train/aux_epoch": [3.0],
-        "train/loss_epoch": [(2.5 + 5.5) / 2],
-    }
-    assert [p.steps for p in got.series["train/loss"]] == [{0}, {2}]
+def test_reference_early_stopping() -> None:
+    """EarlyStopping(patience=0) on ``val/loss`` checked at validation end (validation twice an
+    epoch): the second run does not improve, training stops after that batch."""
+    ref = Reference()
+    g = {"main"}
+
+    def val(n: int, v: float) -> Step:
+        return Step({"main": v}, training=False, where=("val", 0, 0))
+
+    steps = [train(0, 0, {"main": 1.0}, 0, g), val(0, 3.0), train(0, 1, {"main": 2.0}, 1, g),
+             val(0, 4.0)]  # fmt: skip
+    loop = Loop(
+        batches_per_epoch=4, log_every_n_steps=10, max_epochs=2, val_batches=(1,),
+        val_check_batch=1, val_check_interval_is_one=False,
+        early_stopping=EarlyStop("val/loss", 0),
+    )  # fmt: skip
+    got = ref.fit(steps, loop)
+    assert [(r.step, r.epoch) for r in got.rows] == [(0, 0), (1, 0), (1, 0), (1, 0)]
+    assert got.rows[-1].values == {"train/main": 1.5, "train/loss": 1.5}
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,7 +230,7 @@ class Config:
     seed: int
     n_train: int
     train_batch_size: int
-    limit_train_batches: int | None
+    limit_train_batches: int | float | None
     accumulate_grad_batches: int
     log_every_n_steps: int
     max_epochs: int
@@ -232,7 +238,7 @@ class Config:
     stop_after_batches: int | None
     val_sizes: tuple[int, ...]
     val_batch_sizes: tuple[int, ...]
-    limit_val_batches: int | None
+    limit_val_batches: int | float | None
     val_check_interval: float | int
     num_sanity_val_steps: int
     form: str  # "scalar" | "dict" | "loss_dict"
@@ -240,78 +246,213 @@ class Config:
     aux_every: int
     metrics: tuple[str, ...]
     passthrough: bool
-    weights: tuple[tuple[str, str], ...]  # (term, "0.5" | "1.0" | ... | "schedule")
+    weights: tuple[tuple[str, str], ...]  # (name or pattern, "0.5" | "1.0" | ... | "schedule")
     before_fit: tuple[str, ...]
     after_fit: tuple[str, ...]
     reuse_fit_trainer: bool
     detach_aux: bool = False  # aux without gradient on some batches: a term stays a term
     fit_twice: bool = False  # fit again after everything else, on a fresh Trainer
     none_batches: bool = False  # forward returns None on some batches
+    wrap: str | None = None  # None: a subclass; else the wrapped model's call=
+    dict_batches: bool = False
+    added: bool = False  # add_loss("reg") and add_metric("frac") from inside the model
+    loss_keys: str | None = None  # None | "names" | "globs" | "callable"
+    check_val_every_n_epoch: int = 1
+    early_stopping: tuple[int, bool | None] | None = None  # (patience, check_on_train_epoch_end)
+
+    def batches(self, n: int, batch_size: int, limit: int | float | None) -> int:
+        full = math.ceil(n / batch_size)
+        if limit is None:
+            return full
+        return min(full, limit) if isinstance(limit, int) else int(full * limit)
 
     @property
     def batches_per_epoch(self) -> int:
-        n = math.ceil(self.n_train / self.train_batch_size)
-        return n if self.limit_train_batches is None else min(n, self.limit_train_batches)
+        return self.batches(self.n_train, self.train_batch_size, self.limit_train_batches)
+
+    @property
+    def val_batches(self) -> tuple[int, ...]:
+        return tuple(
+            self.batches(n, b, self.limit_val_batches)
+            for n, b in zip(self.val_sizes, self.val_batch_sizes)
+        )
+
+    def terms(self) -> list[str]:
+        return {
+            "scalar": ["loss"],
+            "loss_dict": ["loss"],
+            "dict": ["main", "extra/aux" if self.nested else "aux"],
+        }[self.form] + (["reg"] if self.added else [])
 
     def loss_weights(self) -> dict[str, Weight]:
         return {k: schedule if w == "schedule" else float(w) for k, w in self.weights}
 
+    def selection(self) -> Any:
+        """``loss_keys`` for the module, and the same choice as a plain predicate."""
+        names = self.terms()
+        if self.loss_keys is None:
+            return None, None
+        if self.loss_keys == "names":
+            return list(names), lambda n: n in names
+        if self.loss_keys == "globs":
+            globs = [GLOBS[n] for n in names]
+            return globs, lambda n: n in names
+        return select_terms, lambda n: n in names
 
-class Recorded(LossDictModule):
-    """Linear 4->3 in float64 returning what ``config.form`` asks; records every returned scalar.
+    def loop(self) -> Loop:
+        per_epoch = self.batches_per_epoch
+        interval = self.val_check_interval
+        check = interval if isinstance(interval, int) else max(1, int(per_epoch * interval))
+        early = None
+        if self.early_stopping is not None:
+            monitor = "val/loss" + ("/dataloader_idx_0" if len(self.val_sizes) > 1 else "")
+            early = EarlyStop(monitor, *self.early_stopping)
+        return Loop(
+            batches_per_epoch=per_epoch,
+            accumulate_grad_batches=self.accumulate_grad_batches,
+            log_every_n_steps=self.log_every_n_steps,
+            max_epochs=self.max_epochs,
+            max_steps=self.max_steps,
+            stop_after_batches=self.stop_after_batches,
+            val_batches=self.val_batches,
+            val_check_batch=check,
+            check_val_every_n_epoch=self.check_val_every_n_epoch,
+            val_check_interval_is_one=interval == 1.0 and not isinstance(interval, int),
+            num_sanity_val_steps=self.num_sanity_val_steps,
+            early_stopping=early,
+        )
+
+
+GLOBS = {"main": "ma*", "aux": "*aux", "extra/aux": "extra/*", "reg": "re?", "loss": "lo*"}
+
+
+def select_terms(name: str) -> bool:
+    """``loss_keys`` as a callable (module level: hyperparameters record it by reference)."""
+    return name in {"main", "aux", "extra/aux", "reg", "loss"}
+
+
+class Recording:
+    """Where the loops are (set by :class:`Recorder` before each batch) and what ran there."""
+
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+        self.where: tuple[str, int, int] = ("train", 0, 0)
+        self.global_step = 0
+        self.training = True
+
+
+class Net(nn.Module):
+    """Linear 4->3 in float64 returning what ``config.form`` asks; records every value.
 
     Which optional entries a batch returns depends only on the sum of its sample ids, so that
     the presence pattern is deterministic, differs between batches and repeats across epochs.
     """
 
-    def __init__(self, config: Config) -> None:
-        super().__init__(
-            loss_weights=config.loss_weights(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1)
-        )
+    def __init__(self, config: Config, recording: Recording) -> None:
+        super().__init__()
         torch.manual_seed(config.seed)
         self.net = nn.Linear(4, 3, dtype=torch.float64)
         self.config = config
-        self.events: list[Event] = []
-        self.current_dataloader = 0
+        self.recording = recording
 
-    def losses(self, batch: Any) -> Any:
-        x, y, ids = batch
+    def losses(self, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor) -> Any:
         c = self.config
         logits = self.net(x)
         s = int(ids.sum())
         main = F.cross_entropy(logits, y)
+        added: dict[str, torch.Tensor] = {}
+        if c.added and s % 3 != 2:
+            added["reg"] = 0.01 * self.net.weight.pow(2).sum()
+            ll.add_loss("reg", added["reg"])
+        if c.added and s % 2 == 1:
+            added["frac"] = (logits > 0).double().mean()
+            ll.add_metric("frac", added["frac"])
         if c.none_batches and s % 4 == 3:
-            return None  # nothing to learn from this batch: it logs nothing, counts nowhere
-        if c.form == "scalar":
-            return main
-        out: dict[str, Any] = {"loss" if c.form == "loss_dict" else "main": main}
-        if c.form == "dict" and s % c.aux_every == 0:
-            aux = logits.pow(2).mean()
-            if c.detach_aux and s % 3 == 2:
-                aux = aux.detach()  # a term without gradient: summed if it ever was a term
-            out.update({"extra": {"aux": aux}} if c.nested else {"aux": aux})
-        if "acc" in c.metrics and s % 2 == 0:
-            out["acc"] = (logits.argmax(-1) == y).double().mean()
-        if "det" in c.metrics and s % 3 != 1:
-            out["det"] = 0.5 * main.detach() + 1
-        if c.passthrough:
-            out["logits"] = logits  # not a scalar: passed through, never logged
+            out = None  # nothing to learn from this batch: it logs nothing, counts nowhere
+        elif c.form == "scalar":
+            out = main
+        else:
+            out = {"loss" if c.form == "loss_dict" else "main": main}
+            if c.form == "dict" and s % c.aux_every == 0:
+                aux = logits.pow(2).mean()
+                if c.detach_aux and s % 3 == 2:
+                    aux = aux.detach()  # a term without gradient: summed if it ever was a term
+                out.update({"extra": {"aux": aux}} if c.nested else {"aux": aux})
+            if "acc" in c.metrics and s % 2 == 0:
+                out["acc"] = (logits.argmax(-1) == y).double().mean()
+            if "det" in c.metrics and s % 3 != 1:
+                out["det"] = 0.5 * main.detach() + 1
+            if c.passthrough:
+                out["logits"] = logits  # not a scalar: passed through, never logged
+        self.record(out, added, len(ids))
         return out
 
-    def forward(self, batch: Any) -> Any:
-        out = self.losses(batch)
+    def record(self, out: Any, added: dict[str, torch.Tensor], batch_size: int) -> None:
+        r = self.recording
         flat = flatten({} if out is None else out if isinstance(out, dict) else {"loss": out})
-        self.events.append(
+        flat.update(added)
+        r.steps.append(
             Step(
                 values={k: float(v.detach()) for k, v in flat.items()},
                 requires_grad=frozenset(k for k, v in flat.items() if v.requires_grad),
-                batch_size=len(batch[2]),
-                global_step=self.trainer.global_step,
-                dataloader_idx=0 if self.training else self.current_dataloader,
-                training=self.trainer.training,
+                batch_size=batch_size,
+                global_step=r.global_step,
+                dataloader_idx=r.where[1] if r.where[0] != "train" else 0,
+                training=r.training,
+                where=r.where,
+                added_metrics=frozenset({"frac"} & set(added)),
             )
         )
-        return out
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs:  # call="keyword" (or "auto" with a dict batch)
+            return self.losses(kwargs["x"], kwargs["y"], kwargs["ids"])
+        if len(args) == 3:  # call="positional" (or "auto" with a tuple batch)
+            return self.losses(*args)
+        return self.losses(*unpack(args[0]))  # call="batch"
+
+
+class BatchNet(Net):
+    """A wrapped model whose forward takes the whole batch (``call="auto"`` passes it whole)."""
+
+    def forward(self, batch: Any) -> Any:  # type: ignore[override]
+        return self.losses(*unpack(batch))
+
+
+def unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if isinstance(batch, dict):
+        return batch["x"], batch["y"], batch["ids"]
+    return tuple(batch)  # type: ignore[return-value]
+
+
+def call_net(model: Net, batch: Any) -> Any:
+    """``call=`` as a callable ``(model, batch) -> output``."""
+    return model.losses(*unpack(batch))
+
+
+class Recorded(LossDictModule):
+    """Subclass mode: ``forward(batch)`` of a LossDictModule around :class:`Net`."""
+
+    def __init__(self, config: Config, recording: Recording, **options: Any) -> None:
+        super().__init__(**options)
+        self.inner = Net(config, recording)
+
+    def forward(self, batch: Any) -> Any:
+        return self.inner.losses(*unpack(batch))
+
+
+def make_module(c: Config, recording: Recording) -> LossDictModule:
+    loss_keys, _ = c.selection()
+    options: dict[str, Any] = dict(
+        loss_weights=c.loss_weights(),
+        loss_keys=loss_keys,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+    )
+    if c.wrap is None:
+        return Recorded(c, recording, **options)
+    call: Any = call_net if c.wrap == "callable" else c.wrap
+    net = BatchNet(c, recording) if c.wrap == "auto-whole" else Net(c, recording)
+    return LossDictModule(net, call="auto" if c.wrap == "auto-whole" else call, **options)
 
 
 def flatten(out: dict[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
@@ -326,42 +467,31 @@ def flatten(out: dict[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
 
 
 class Recorder(Callback):
-    """Marks epoch and evaluation-run boundaries in the model's records, and tells the model
-    which dataloader the coming batch is from (``forward`` does not get to know)."""
+    """Tells the recording which batch the loops run next (``forward`` cannot know)."""
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
-        pl_module.events.append(EpochStart())
+    def __init__(self, recording: Recording) -> None:
+        self.r = recording
 
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
-        pl_module.events.append(EvalStart(sanity=trainer.sanity_checking))
-
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
-        pl_module.events.append(EvalStart())
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, i: int) -> None:
+        self.r.where = ("train", trainer.current_epoch, i)
+        self.r.global_step, self.r.training = trainer.global_step, True
 
     def on_validation_batch_start(
-        self,
-        trainer: L.Trainer,
-        pl_module: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: L.Trainer, pl_module: Any, batch: Any, i: int, loader: int = 0
     ) -> None:
-        pl_module.current_dataloader = dataloader_idx
+        self.r.where, self.r.training = ("val", loader, i), False
+        self.r.global_step = trainer.global_step
 
     def on_test_batch_start(
-        self,
-        trainer: L.Trainer,
-        pl_module: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: L.Trainer, pl_module: Any, batch: Any, i: int, loader: int = 0
     ) -> None:
-        pl_module.current_dataloader = dataloader_idx
+        self.r.where, self.r.training = ("test", loader, i), False
+        self.r.global_step = trainer.global_step
 
 
 class StopAfter(Callback):
-    """Sets ``trainer.should_stop`` after the given number of training batches (early stopping
-    without a monitor: the contract says the last window is written however training stops)."""
+    """Sets ``trainer.should_stop`` after the given number of training batches (as Lightning's
+    Timer does): the contract says the last window is written however training stops."""
 
     def __init__(self, batches: int) -> None:
         self.batches, self.seen = batches, 0
@@ -372,17 +502,30 @@ class StopAfter(Callback):
             trainer.should_stop = True
 
 
-def loader(n: int, batch_size: int, first_id: int, seed: int) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 4, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 3, (n,), generator=g)
-    ids = torch.arange(first_id, first_id + n)
-    return DataLoader(TensorDataset(x, y, ids), batch_size=batch_size)
+class Samples(Dataset):
+    def __init__(self, n: int, first_id: int, seed: int, as_dict: bool) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 4, generator=g, dtype=torch.float64)
+        self.y = torch.randint(0, 3, (n,), generator=g)
+        self.ids = torch.arange(first_id, first_id + n)
+        self.as_dict = as_dict
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> Any:
+        if self.as_dict:
+            return {"x": self.x[i], "y": self.y[i], "ids": self.ids[i]}
+        return self.x[i], self.y[i], self.ids[i]
+
+
+def loader(c: Config, n: int, batch_size: int, first_id: int, seed: int) -> DataLoader:
+    return DataLoader(Samples(n, first_id, seed, c.dict_batches), batch_size=batch_size)
 
 
 def val_loaders(c: Config) -> list[DataLoader]:
     return [
-        loader(n, b, 100 * (i + 1), c.seed + i + 1)
+        loader(c, n, b, 100 * (i + 1), c.seed + i + 1)
         for i, (n, b) in enumerate(zip(c.val_sizes, c.val_batch_sizes))
     ]
 
@@ -392,67 +535,70 @@ def val_loaders(c: Config) -> list[DataLoader]:
 # --------------------------------------------------------------------------------------------
 
 
-def read_csv(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every ``(step, value)`` written for each name, in file order (``{}`` when no file)."""
-    series: dict[str, list[tuple[int, float]]] = {}
+def read_csv(path: Path) -> list[Row]:
+    """Every row in file order (``[]`` when no file)."""
     if not path.exists():
-        return series
+        return []
     with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            step = int(row["step"])
-            for name, cell in row.items():
-                if name not in ("step", "epoch") and cell != "":
-                    series.setdefault(name, []).append((step, float(cell)))
-    return series
+        return [
+            Row(
+                int(row["step"]),
+                int(row["epoch"]),
+                {k: float(v) for k, v in row.items() if k not in ("step", "epoch") and v != ""},
+            )
+            for row in csv.DictReader(f)
+        ]
 
 
 def close(expected: float, got: float) -> bool:
     return math.isclose(expected, got, rel_tol=REL, abs_tol=ABS)
 
 
-def compare_series(
-    label: str, expected: Expected, logged: dict[str, list[tuple[int, float]]]
-) -> list[str]:
-    """Every difference between what a logger received and what the reference expects."""
-    problems: list[str] = []
-    for name in sorted(set(expected.series) | set(logged)):
-        want, got = expected.series.get(name, []), logged.get(name, [])
-        if len(want) != len(got):
-            problems.append(
-                f"{label}: {name}: {len(got)} rows written, expected {len(want)} "
-                f"(expected {[p.value for p in want]}, got {[v for _, v in got]})"
-            )
-            continue
-        for i, (point, (step, value)) in enumerate(zip(want, got)):
-            if not close(point.value, value):
-                problems.append(
-                    f"{label}: {name} row {i} (step {step}): expected {point.value!r}, "
-                    f"got {value!r}"
-                )
-            elif point.steps is not None and step not in point.steps:
-                problems.append(
-                    f"{label}: {name} row {i}: logged at step {step}, expected step in "
-                    f"{sorted(point.steps)}"
-                )
+def compare_values(label: str, want: dict[str, float], got: dict[str, float]) -> list[str]:
+    problems = []
+    if set(want) != set(got):
+        problems.append(
+            f"{label}: missing {sorted(set(want) - set(got))}, "
+            f"unexpected {sorted(set(got) - set(want))}"
+        )
+    for k in sorted(set(want) & set(got)):
+        if not close(want[k], float(got[k])):
+            problems.append(f"{label} {k}: expected {want[k]!r}, got {got[k]!r}")
     return problems
 
 
-def compare_returned(
-    label: str, want: Sequence[dict[str, float]], got: Sequence[dict[str, float]]
-) -> list[str]:
-    if len(want) != len(got):
-        return [f"{label}: returned {len(got)} dicts, expected {len(want)}"]
+def compare_rows(label: str, expected: Expected, logged: list[Row]) -> list[str]:
+    """Every difference between the rows a logger received and the ones the reference expects:
+    their number and order, each row's ``step`` and ``epoch``, its names and values."""
     problems: list[str] = []
-    for i, (w, g) in enumerate(zip(want, got)):
-        if set(w) != set(g):
+    want = expected.rows
+    for i, (w, g) in enumerate(zip(want, logged)):
+        if (w.step, w.epoch) != (g.step, g.epoch):
             problems.append(
-                f"{label}: dict {i} keys: missing {sorted(set(w) - set(g))}, "
-                f"unexpected {sorted(set(g) - set(w))}"
+                f"{label} row {i} ({sorted(w.values)[:3]}...): step/epoch {g.step}/{g.epoch}, "
+                f"expected {w.step}/{w.epoch}"
             )
-        for k in sorted(set(w) & set(g)):
-            if not close(w[k], float(g[k])):
-                problems.append(f"{label}: dict {i} {k}: expected {w[k]!r}, got {g[k]!r}")
+        problems += compare_values(f"{label} row {i} (step {g.step})", dict(w.values), g.values)
+    if len(want) != len(logged):
+        problems.append(
+            f"{label}: {len(logged)} rows written, expected {len(want)}; first rows beyond: "
+            f"expected {want[len(logged) :][:2]}, got {logged[len(want) :][:2]}"
+        )
     return problems
+
+
+def compare_callback_metrics(label: str, want: dict[str, float], trainer: L.Trainer) -> list[str]:
+    ours = {
+        k: v
+        for k, v in trainer.callback_metrics.items()
+        if k.split("/", 1)[0] in ("train", "val", "weight")
+    }
+    problems = [
+        f"{label}: callback_metrics[{k!r}] is {v.dtype}, expected torch.float64"
+        for k, v in ours.items()
+        if v.dtype != torch.float64
+    ]
+    return problems + compare_values(f"{label} callback_metrics", want, ours)
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,7 +606,7 @@ def compare_returned(
 # --------------------------------------------------------------------------------------------
 
 
-def trainer_for(c: Config, root: Path, name: str, **kwargs: Any) -> L.Trainer:
+def trainer_for(c: Config, r: Recording, root: Path, name: str, **kwargs: Any) -> L.Trainer:
     options: dict[str, Any] = dict(
         accelerator="cpu",
         devices=1,
@@ -470,7 +616,7 @@ def trainer_for(c: Config, root: Path, name: str, **kwargs: Any) -> L.Trainer:
         enable_model_summary=False,
         limit_val_batches=c.limit_val_batches,
         limit_test_batches=c.limit_val_batches,
-        callbacks=[Recorder()],
+        callbacks=[Recorder(r)],
     )
     options.update(kwargs)
     return L.Trainer(**options)
@@ -482,28 +628,46 @@ def metrics_csv(root: Path, name: str) -> Path:
 
 def run_experiment(c: Config, root: Path) -> list[str]:
     """Runs every call of ``c`` on one module; returns every difference found."""
-    model = Recorded(c)
-    ref = Reference(c.loss_weights())
+    recording = Recording()
+    model = make_module(c, recording)
+    ref = Reference(c.loss_weights(), c.selection()[1])
     loaders = val_loaders(c)
     problems: list[str] = []
 
-    def evaluate(stage: str, trainer: L.Trainer, label: str, step: int) -> Expected:
-        model.events = []
+    def evaluate(stage: str, trainer: L.Trainer, label: str, step: int, epoch: int) -> Expected:
+        recording.steps = []
         call = trainer.validate if stage == "val" else trainer.test
         returned = call(model, loaders, verbose=False)
-        expected = ref.evaluate(stage, model.events, num_dataloaders=len(loaders), step=step)
+        expected = ref.evaluate(stage, recording.steps, c.val_batches, step=step, epoch=epoch)
         assert expected.returned is not None
-        problems.extend(compare_returned(f"{label} returned", expected.returned, returned))
+        if len(returned) != len(expected.returned):
+            problems.append(f"{label}: {len(returned)} dicts returned")
+        for i, (w, g) in enumerate(zip(expected.returned, returned)):
+            problems.extend(compare_values(f"{label} returned {i}", w, g))
         return expected
 
     for i, stage in enumerate(c.before_fit):
         label = f"{stage} before fit"
-        expected = evaluate(stage, trainer_for(c, root, f"pre{i}"), label, 0)
-        problems.extend(compare_series(label, expected, read_csv(metrics_csv(root, f"pre{i}"))))
+        expected = evaluate(stage, trainer_for(c, recording, root, f"pre{i}"), label, 0, 0)
+        problems.extend(compare_rows(label, expected, read_csv(metrics_csv(root, f"pre{i}"))))
 
     def fit(name: str) -> tuple[L.Trainer, Expected]:
+        callbacks: list[Callback] = [Recorder(recording)]
+        if c.stop_after_batches:
+            callbacks.append(StopAfter(c.stop_after_batches))
+        if c.early_stopping is not None:
+            patience, at_epoch_end = c.early_stopping
+            callbacks.append(
+                EarlyStopping(
+                    c.loop().early_stopping.monitor,  # type: ignore[union-attr]
+                    patience=patience,
+                    strict=False,
+                    check_on_train_epoch_end=at_epoch_end,
+                )
+            )
         trainer = trainer_for(
             c,
+            recording,
             root,
             name,
             max_epochs=c.max_epochs,
@@ -512,37 +676,32 @@ def run_experiment(c: Config, root: Path) -> list[str]:
             accumulate_grad_batches=c.accumulate_grad_batches,
             log_every_n_steps=c.log_every_n_steps,
             val_check_interval=c.val_check_interval,
+            check_val_every_n_epoch=c.check_val_every_n_epoch,
             num_sanity_val_steps=c.num_sanity_val_steps,
-            callbacks=[Recorder()]
-            + ([StopAfter(c.stop_after_batches)] if c.stop_after_batches else []),
+            callbacks=callbacks,
         )
-        model.events = []
-        trainer.fit(model, loader(c.n_train, c.train_batch_size, 0, c.seed), loaders)
-        expected = ref.fit(
-            model.events,
-            batches_per_epoch=c.batches_per_epoch,
-            accumulate_grad_batches=c.accumulate_grad_batches,
-            log_every_n_steps=c.log_every_n_steps,
-            num_dataloaders=len(loaders),
-        )
+        recording.steps = []
+        train_loader = loader(c, c.n_train, c.train_batch_size, 0, c.seed)
+        trainer.fit(model, train_loader, loaders)
+        expected = ref.fit(recording.steps, c.loop())
+        problems.extend(compare_callback_metrics(name, expected.callback, trainer))
         return trainer, expected
 
     fit_trainer, fit_expected = fit("fit")
-    stepped = fit_trainer.fit_loop.epoch_loop._batches_that_stepped
+    stepped, epochs = ref.stepped, ref.epochs_run
 
     for i, stage in enumerate(c.after_fit):
         label = f"{stage} after fit"
         if c.reuse_fit_trainer:  # same Trainer and logger: its rows follow fit's in one file
-            fit_expected.extend(evaluate(stage, fit_trainer, label, stepped))
+            fit_expected.extend(evaluate(stage, fit_trainer, label, stepped, epochs))
         else:
-            expected = evaluate(stage, trainer_for(c, root, f"post{i}"), label, 0)
-            problems.extend(
-                compare_series(label, expected, read_csv(metrics_csv(root, f"post{i}")))
-            )
-    problems.extend(compare_series("fit", fit_expected, read_csv(metrics_csv(root, "fit"))))
+            trainer = trainer_for(c, recording, root, f"post{i}")
+            expected = evaluate(stage, trainer, label, 0, 0)
+            problems.extend(compare_rows(label, expected, read_csv(metrics_csv(root, f"post{i}"))))
+    problems.extend(compare_rows("fit", fit_expected, read_csv(metrics_csv(root, "fit"))))
     if c.fit_twice:  # a second fit of the same module on a fresh Trainer: nothing carries over
         _, expected = fit("fit2")
-        problems.extend(compare_series("second fit", expected, read_csv(metrics_csv(root, "fit2"))))
+        problems.extend(compare_rows("second fit", expected, read_csv(metrics_csv(root, "fit2"))))
     return problems
 
 
@@ -551,42 +710,77 @@ def run_experiment(c: Config, root: Path) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 WEIGHTS = ("1.0", "0.5", "2.5", "schedule")
+WRAPS = ("auto", "auto-whole", "batch", "positional", "keyword", "callable")
 
 
 @st.composite
 def configs(draw: Callable[..., Any]) -> Config:
     """Small enough for CI (at most 10 batches an epoch, 3 epochs), varied enough to cross every
     boundary: uneven last batches, windows across epochs, accumulation ending on a partial group,
-    validation mid-epoch, stops mid-window."""
+    validation mid-epoch and every other epoch, stops mid-window and mid-accumulation."""
     n_train = draw(st.integers(3, 10))
     train_batch_size = draw(st.integers(1, 4))
     full = math.ceil(n_train / train_batch_size)
-    limit_train = draw(st.none() | st.integers(1, full))
-    per_epoch = full if limit_train is None else min(full, limit_train)
+    limit_train = draw(
+        st.none()
+        | st.integers(1, full)
+        | st.sampled_from([0.5, 0.75]).filter(lambda f: int(full * f) >= 1)
+    )
+    per_epoch = (
+        full
+        if limit_train is None
+        else min(full, limit_train)
+        if isinstance(limit_train, int)
+        else int(full * limit_train)
+    )
     accumulate = draw(st.integers(1, 3))
     max_epochs = draw(st.integers(1, 3))
     steps_per_epoch = math.ceil(per_epoch / accumulate)
     max_steps = draw(st.just(-1) | st.integers(1, steps_per_epoch * max_epochs))
     stop = draw(st.none() | st.integers(1, per_epoch * max_epochs))
     n_loaders = draw(st.integers(1, 2))
+    val_sizes = tuple(draw(st.integers(2, 7)) for _ in range(n_loaders))
+    val_batch_sizes = tuple(draw(st.integers(1, 3)) for _ in range(n_loaders))
+    smallest = min(math.ceil(n / b) for n, b in zip(val_sizes, val_batch_sizes))
+    limit_val = draw(
+        st.none() | st.integers(1, 3) | st.just(0.5).filter(lambda f: int(smallest * f) >= 1)
+    )
     form = draw(st.sampled_from(["scalar", "dict", "loss_dict"]))
     nested = form == "dict" and draw(st.booleans())
+    calls = st.lists(st.sampled_from(["validate", "test"]), max_size=2).map(tuple)
+    before_fit = draw(calls)
+    loss_keys = (
+        draw(st.none() | st.sampled_from(["names", "globs", "callable"]))
+        if form == "dict"
+        else None
+    )
+    # {"loss": x, "acc": a} before any training would make acc a term beside a term named
+    # "loss", whose name the total already has: the contract does not say what to log then.
+    metrics_allowed = form != "scalar" and not (form == "loss_dict" and before_fit)
+    metrics = draw(st.sets(st.sampled_from(["acc", "det"]))) if metrics_allowed else set()
+    added = form == "dict" and draw(st.booleans())
     terms = {
         "scalar": ["loss"],
         "loss_dict": ["loss"],
         "dict": ["main", "extra/aux" if nested else "aux"],
     }[form]
-    calls = st.lists(st.sampled_from(["validate", "test"]), max_size=2).map(tuple)
-    before_fit = draw(calls)
-    # {"loss": x, "acc": a} before any training would make acc a term beside a term named
-    # "loss", whose name the total already has: the contract does not say what to log then.
-    metrics_allowed = form != "scalar" and not (form == "loss_dict" and before_fit)
-    metrics = draw(st.sets(st.sampled_from(["acc", "det"]))) if metrics_allowed else set()
+    terms += ["reg"] if added else []
     # a weight on "acc" applies only where acc is a term (validate/test before any training)
-    weighted = terms + (["acc"] if "acc" in metrics else [])
-    weights = tuple(
-        (t, w) for t in weighted if (w := draw(st.none() | st.sampled_from(WEIGHTS))) is not None
-    )
+    weighted = terms + (["acc"] if "acc" in metrics and loss_keys is None else [])
+    weights = []
+    for t in weighted:
+        w = draw(st.none() | st.sampled_from(WEIGHTS))
+        if w is not None:
+            glob = t != "acc" and form == "dict" and draw(st.booleans())
+            weights.append((GLOBS[t] if glob else t, w))
+    wrap = draw(st.none() | st.sampled_from(WRAPS))
+    dict_batches = draw(st.booleans())
+    if wrap == "positional":
+        dict_batches = False
+    if wrap == "keyword":
+        dict_batches = True
+    interval = draw(st.just(1.0) | st.sampled_from([0.25, 0.5]) | st.integers(1, per_epoch))
+    early = draw(st.none() | st.tuples(st.integers(0, 1), st.sampled_from([None, False, True])))
     return Config(
         seed=draw(st.integers(0, 3)),
         n_train=n_train,
@@ -597,23 +791,30 @@ def configs(draw: Callable[..., Any]) -> Config:
         max_epochs=max_epochs,
         max_steps=max_steps,
         stop_after_batches=stop,
-        val_sizes=tuple(draw(st.integers(2, 7)) for _ in range(n_loaders)),
-        val_batch_sizes=tuple(draw(st.integers(1, 3)) for _ in range(n_loaders)),
-        limit_val_batches=draw(st.none() | st.integers(1, 3)),
-        val_check_interval=draw(st.just(1.0) | st.integers(1, per_epoch)),
+        val_sizes=val_sizes,
+        val_batch_sizes=val_batch_sizes,
+        limit_val_batches=limit_val,
+        val_check_interval=interval,
         num_sanity_val_steps=draw(st.sampled_from([0, 2])),
         form=form,
         nested=nested,
         aux_every=draw(st.sampled_from([1, 2, 5])),
         metrics=tuple(sorted(metrics)),
         passthrough=form != "scalar" and draw(st.booleans()),
-        weights=weights,
+        weights=tuple(weights),
         before_fit=tuple("val" if s == "validate" else "test" for s in before_fit),
         after_fit=tuple("val" if s == "validate" else "test" for s in draw(calls)),
         reuse_fit_trainer=draw(st.booleans()),
         detach_aux=form == "dict" and draw(st.booleans()),
         fit_twice=draw(st.booleans()),
-        none_batches=draw(st.booleans()),
+        # (None beside add_metric alone would be a step with metrics and no term: an error)
+        none_batches=not added and draw(st.booleans()),
+        wrap=wrap,
+        dict_batches=dict_batches,
+        added=added,
+        loss_keys=loss_keys,
+        check_val_every_n_epoch=draw(st.integers(1, 2)),
+        early_stopping=early,
     )
 
 
@@ -726,7 +927,7 @@ NEVER_TRAINED = Config(  # aux never in a training batch: a term before fit, a m
 
 @pytest.mark.filterwarnings("ignore")  # Lightning's advice on tiny loaders is not the subject
 @settings(
-    max_examples=60,
+    max_examples=200,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -738,7 +939,12 @@ NEVER_TRAINED = Config(  # aux never in a training batch: a term before fit, a m
 @example(config=NEVER_TRAINED)
 def test_every_logged_value_matches_the_reference(config: Config) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        problems = run_experiment(config, Path(tmp))
+        try:
+            problems = run_experiment(config, Path(tmp))
+        except AssertionError as error:
+            raise AssertionError(f"{error}\nin {config}") from error
     shown = "\n".join(problems[:25])
     more = f"\n... and {len(problems) - 25} more" if len(problems) > 25 else ""
-    assert not problems, f"{len(problems)} differences from the reference:\n{shown}{more}"
+    assert not problems, (
+        f"{len(problems)} differences from the reference:\n{shown}{more}\nin {config}"
+    )

@@ -2,6 +2,7 @@
 
 import copy
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -257,3 +258,30 @@ def test_weighting_module_is_trained_logged_and_checkpointed(memory_logger, tmp_
     trainer.save_checkpoint(tmp_path / "w.ckpt")
     state = torch.load(tmp_path / "w.ckpt", weights_only=False)["state_dict"]
     torch.testing.assert_close(state["weighting.logits"], module.weighting.logits.detach())
+
+
+def test_predict_returns_the_eval_mode_forwards_output_and_logs_nothing() -> None:
+    """``trainer.predict`` on a module whose model predicts in eval mode (a detector) returns its
+    predictions per batch, untouched; a module that always returns losses gets its losses."""
+
+    class Detector(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> Any:
+            scores = self.layer(x)
+            if self.training:
+                return {"cls": F.cross_entropy(scores, y)}
+            return {"boxes": scores.argmax(-1), "scores": scores.softmax(-1)}
+
+    logger = MemoryLogger()
+    module = LossDictModule(Detector(), eval_losses=None)
+    trainer = make_trainer(logger)
+    data = multitask_data(n=16)
+    predictions = trainer.predict(module, data)
+    assert len(predictions) == 2 and set(predictions[0]) == {"boxes", "scores"}
+    x = next(iter(data))[0]
+    expected = module.model.eval()(x, None, None)
+    torch.testing.assert_close(predictions[0]["scores"], expected["scores"])
+    assert logger.rows == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ pytest.importorskip("matplotlib")
 from conftest import MultiTask, make_trainer, multitask_data
 from lightning.pytorch.loggers import CSVLogger
 
+from lightning_losses.__main__ import main
 from lightning_losses.plot import (
     _log_scale,
     find_runs,
@@ -56,15 +58,17 @@ def test_log_axes_where_a_panel_spans_decades():
 
 
 @pytest.mark.parametrize("where", ["missing", "empty"])
-def test_a_wrong_path_says_what_was_expected(tmp_path, where):
+def test_a_wrong_path_says_what_was_expected(tmp_path, where, capsys):
     path = tmp_path / "nowhere"
     if where == "empty":
         path.mkdir()
-    done = subprocess.run(
-        [sys.executable, "-m", "lightning_losses", "plot", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 1
-    assert "expected a CSVLogger or TensorBoardLogger run directory" in done.stderr
+    assert main(["plot", str(path)]) == 1
+    assert "expected a CSVLogger or TensorBoardLogger run directory" in capsys.readouterr().err
+
+
+def test_the_command_runs_as_python_m_and_its_help_is_short():
+    env = {**os.environ, "COLUMNS": "100", "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "lightning_losses", "--help"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) < 30 and "{plot}" in done.stdout

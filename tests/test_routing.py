@@ -64,7 +64,8 @@ def test_disjoint_routes_update_each_parameter_by_its_route_alone_in_one_backwar
     )
     for p, e in zip(module.parameters(), expected):
         torch.testing.assert_close(p.detach(), e)
-    assert module._router._fast.get(("seg", "depth")) is True  # one plain backward
+    router = module._lifecycle.routing.router
+    assert router._fast.get(("seg", "depth")) is True  # one plain backward
 
 
 def test_overlapping_routes_give_the_shared_trunk_its_owner_route_gradient_only():
@@ -83,7 +84,8 @@ def test_overlapping_routes_give_the_shared_trunk_its_owner_route_gradient_only(
     )
     for p, e in zip(module.parameters(), expected):
         torch.testing.assert_close(p.detach(), e)
-    assert module._router._fast.get(("seg", "depth")) is False  # per-route gradients
+    router = module._lifecycle.routing.router
+    assert router._fast.get(("seg", "depth")) is False  # per-route gradients
 
 
 def test_global_step_counts_batches_and_every_route_optimizer_steps_each_batch():

@@ -125,7 +125,7 @@ def parse_route_map(
         proxy = _RoutePlateau if isinstance(inner, ReduceLROnPlateau) else _RouteScheduler
         entry["scheduler"] = proxy(inner, composite, route)
         configs.append(entry)
-    trainer = _lightning.attached_trainer(module)
+    trainer = _lightning.trainer_or_none(module)
     if trainer is not None:
         _lightning.name_lr_series_by_parts(trainer, route_parts)
     if len(configs) > 1:  # Lightning's dict form takes one scheduler; its two-list form many

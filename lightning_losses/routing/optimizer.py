@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMappin
 from typing import Any
 
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
@@ -203,15 +204,15 @@ class RoutedOptimizer(Optimizer):
         self.defaults: dict[str, Any] = self._composite_defaults()
         self._optimizer_step_pre_hooks: OrderedDict[int, Any] = OrderedDict()
         self._optimizer_step_post_hooks: OrderedDict[int, Any] = OrderedDict()
-        self._optimizer_state_dict_pre_hooks = OrderedDict()  # type: ignore[assignment]
-        self._optimizer_state_dict_post_hooks = OrderedDict()  # type: ignore[assignment]
-        self._optimizer_load_state_dict_pre_hooks = OrderedDict()  # type: ignore[assignment]
-        self._optimizer_load_state_dict_post_hooks = OrderedDict()  # type: ignore[assignment]
+        self._optimizer_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
 
     # ------------------------------------------------------------------ groups and state
 
     @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+    def param_groups(self) -> list[dict[str, Any]]:
         self.refresh()
         return self._groups
 
@@ -265,9 +266,11 @@ class RoutedOptimizer(Optimizer):
         if (
             sizes == self._sizes
             and len(groups) == len(self._order)
-            and all(
-                groups[k] is self.optimizers[r].param_groups[i]
-                for k, (r, i) in enumerate(self._order)
+            and all(  # (a list, not a generator: one call, not one per group)
+                [
+                    groups[k] is self.optimizers[r].param_groups[i]
+                    for k, (r, i) in enumerate(self._order)
+                ]
             )
         ):
             return self.version
@@ -346,7 +349,7 @@ class RoutedOptimizer(Optimizer):
         return [self.optimizers[r].param_groups[i] for r, i in self._order]
 
     def _route_sizes(self) -> tuple[int, ...]:
-        return tuple(len(opt.param_groups) for opt in self.optimizers.values())
+        return tuple([len(opt.param_groups) for opt in self.optimizers.values()])
 
     def _changed(self) -> None:
         self._sizes = self._route_sizes()
@@ -376,8 +379,9 @@ class RoutedOptimizer(Optimizer):
         raise AssertionError("unreachable: position < sum of frequencies")
 
     @_run_step_hooks
-    @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
+        # (no no_grad here: each route optimizer's step has its own, and Lightning's closure
+        # enables grad itself)
         loss = None
         if self.sequential and closure is not None:
             # One pass of Lightning's closure (training_step, zero_grad, backward, clipping,
@@ -397,8 +401,16 @@ class RoutedOptimizer(Optimizer):
         return loss
 
     def _run(self, closure: Any) -> Any:
-        with torch.enable_grad(), self.forward_context():
+        # (Lightning's closure enables grad itself)
+        if not self.compiling():
+            return closure()  # no context to enter
+        with self.forward_context():
             return closure()
+
+    def compiling(self) -> bool:
+        """Whether a forward needs :meth:`forward_context`: at the first step (the router looks
+        at an eager graph) and once some route needs a backward of its own."""
+        return self.eager_forward or self.several_backwards
 
     def forward_context(self) -> contextlib.AbstractContextManager[Any]:
         """What a training step's forward runs under for the router to do its job under
@@ -424,7 +436,8 @@ class RoutedOptimizer(Optimizer):
 
     def _step_route(self, route: Route) -> None:
         optimizer = self.optimizers[route]
-        if all(p.grad is None for p in _params(optimizer.param_groups)):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        if grads.count(None) == len(grads):
             return  # no term of the route reached its parameters (in any micro-batch)
         optimizer.step()
         self.steps_taken[route] += 1
@@ -594,7 +607,8 @@ class _RoutePlateau(ReduceLROnPlateau):
 
 def routed_optimizer(optimizers: Iterable[Any]) -> RoutedOptimizer | None:
     for optimizer in optimizers:
-        inner = getattr(optimizer, "_optimizer", optimizer)  # LightningOptimizer wraps it
+        # Lightning hands hooks its LightningOptimizer wrapper; .optimizer is the one inside
+        inner = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
         if isinstance(inner, RoutedOptimizer):
             return inner
     return None

@@ -184,15 +184,17 @@ class Router:
         self.views = any(not b.is_leaf for _, b in pairs)
 
     def note(self, terms: tuple[str, ...]) -> None:
+        """Which routes this key set reaches, and a warning for its terms in no route (once
+        per key set: what a step's key set says does not change)."""
         self._refresh()
         if not self._resolved:
             self._resolve()
-        for route in self.routes:
-            if self.members(route, terms):
-                self.matched.add(route)
         if self._noted.get(terms):
             return
         self._noted.put(terms, True)
+        for route in self.routes:
+            if self.members(route, terms):
+                self.matched.add(route)
         for term in terms:
             if term not in self._unrouted_warned and self.owner(term) is None:
                 self._unrouted_warned.add(term)

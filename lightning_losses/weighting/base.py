@@ -7,7 +7,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from lightning_losses.cache import BoundedCache
 from lightning_losses.terms import describe
+from lightning_losses.tracking import device_tensor
 
 
 class Weighting(nn.Module):
@@ -66,7 +68,15 @@ class PerTerm(Weighting):
             raise ValueError(f"terms={list(terms)}; expected distinct loss-term names")
         self.terms = tuple(terms)
         self._position = {t: i for i, t in enumerate(self.terms)}
-        self._indices: dict[tuple[tuple[str, ...], torch.device], Tensor] = {}
+        self._indices: BoundedCache[tuple[tuple[str, ...], torch.device], Tensor | None]
+        self._indices = BoundedCache()
+
+    def select(self, values: Tensor, names: tuple[str, ...]) -> Tensor:
+        """The entries of ``values`` (one per listed term) for ``names``, in their order: the
+        vector itself when ``names`` are every term in order (no indexing op on that path)."""
+        if names == self.terms:
+            return values
+        return values[self.index(names, values.device)]
 
     def index(self, names: tuple[str, ...], device: torch.device) -> Tensor:
         """Positions of ``names`` among ``self.terms``, as a device tensor (cached)."""
@@ -80,8 +90,8 @@ class PerTerm(Weighting):
                     f"{', '.join(map(repr, unknown))}, not in its terms {list(self.terms)}; "
                     "expected every loss term to be listed"
                 )
-            index = torch.tensor([self._position[n] for n in names], device=device)
-            self._indices[key] = index
+            index = device_tensor([self._position[n] for n in names], torch.long, device)
+            self._indices.put(key, index)
         return index
 
     def extra_repr(self) -> str:

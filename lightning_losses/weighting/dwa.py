@@ -41,8 +41,12 @@ class DynamicWeightAverage(PerTerm):
         self.register_buffer("epoch_means", torch.full((2, k), math.nan, dtype=torch.float64))
         self.register_buffer("weights", torch.ones(k, dtype=torch.float64))
 
+    def constructor_arguments(self) -> dict[str, object]:
+        """The plain arguments that rebuild it (a checkpoint's ``hyper_parameters``)."""
+        return {"terms": list(self.terms), "temperature": self.temperature}
+
     def forward(self, losses: Tensor, names: tuple[str, ...]) -> Tensor:
-        return self.weights[self.index(names, losses.device)]
+        return self.select(self.weights, names)
 
     def epoch_end(self, means: Mapping[str, float]) -> None:
         latest = torch.tensor([means.get(t, math.nan) for t in self.terms], dtype=torch.float64)

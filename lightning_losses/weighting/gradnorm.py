@@ -55,6 +55,14 @@ class GradNorm(PerTerm):
         self._shared: list[nn.Parameter] = []
         self._penalty: Tensor | None = None
 
+    def constructor_arguments(self) -> dict[str, object]:
+        """The plain arguments that rebuild it (a checkpoint's ``hyper_parameters``)."""
+        return {
+            "terms": list(self.terms),
+            "shared": list(self.shared_prefixes),
+            "alpha": self.alpha,
+        }
+
     def bind(self, module: nn.Module) -> None:
         self._shared = shared.named(module, self.shared_prefixes, "GradNorm(shared=...)")
 

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from lightning_losses import collectives
 from lightning_losses.terms import describe
+from lightning_losses.tracking import device_tensor
 from lightning_losses.weighting.base import Weighting
 
 
@@ -76,6 +77,13 @@ class ScalarizerWeighting(Weighting):
         self._objective: Tensor | None = None
         self._pooled: Tensor | None = None
         self._weights: Tensor | None = None
+
+    def constructor_arguments(self) -> dict[str, object]:
+        """The arguments that rebuild it (the scalarizer a module, written as its class path)."""
+        return {
+            "scalarizer": self.scalarizer,
+            "terms": None if self.terms is None else list(self.terms),
+        }
 
     def forward(self, losses: Tensor, names: tuple[str, ...]) -> Tensor:
         order = self._positions(names, losses.device)
@@ -167,7 +175,7 @@ class ScalarizerWeighting(Weighting):
                 f"unexpected {extra}); expected every term at every step (torchjd's scalarizers "
                 "have a fixed shape)"
             )
-        order = torch.tensor([names.index(t) for t in self.terms], device=device)
+        order = device_tensor([names.index(t) for t in self.terms], torch.long, device)
         self._order[names] = order
         return order
 

@@ -27,11 +27,15 @@ class UncertaintyWeighting(PerTerm):
 
     def __init__(self, terms: Sequence[str], init_log_variance: float = 0.0) -> None:
         super().__init__(terms)
+        self.init_log_variance = float(init_log_variance)
         self.log_variance = nn.Parameter(torch.full((len(self.terms),), float(init_log_variance)))
 
+    def constructor_arguments(self) -> dict[str, object]:
+        """The plain arguments that rebuild it (a checkpoint's ``hyper_parameters``)."""
+        return {"terms": list(self.terms), "init_log_variance": self.init_log_variance}
+
     def forward(self, losses: Tensor, names: tuple[str, ...]) -> Tensor:
-        s = self.log_variance[self.index(names, losses.device)]
-        return 0.5 * torch.exp(-s)
+        return 0.5 * torch.exp(-self.select(self.log_variance, names))
 
     def penalty(self, losses: Tensor, names: tuple[str, ...]) -> Tensor:
-        return 0.5 * self.log_variance[self.index(names, losses.device)].sum()
+        return 0.5 * self.select(self.log_variance, names).sum()
