@@ -73,7 +73,8 @@ class AbsentTerms:
                 for p in module.parameters()
                 # a sharded FSDP2 parameter (DTensor) is never a leaf of the step's graph: its
                 # group's unsharded parameters are, and FSDP2 reduces those
-                if p.requires_grad and id(p) not in reached and not is_sharded(p)
+                # nor a view (FSDP1 holds views of its flat parameter, which is the leaf)
+                if p.requires_grad and p.is_leaf and id(p) not in reached and not is_sharded(p)
             ]
             self._unreached.put(names, unreached)
         if not unreached:

@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_losses import collectives
+from lightning_losses import collectives, sharding
 from lightning_losses.tracking import Reduced
 
 NonFinite = Literal["raise", "skip", "off"]
@@ -112,5 +112,4 @@ def zero_through_parameters(module: nn.Module, world_size: int) -> Tensor | None
     all-reduce that the other ranks wait in (with zero gradients)."""
     if world_size <= 1:
         return None
-    params = [p for p in module.parameters() if p.requires_grad]
-    return torch.stack([p.sum() for p in params]).sum() * 0.0 if params else None
+    return sharding.zero_through(module)  # under FSDP2 through its hooks (see sharding.py)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor, nn
 
 
@@ -65,3 +66,30 @@ def raise_resharded(names: Sequence[str], feature: str) -> None:
         "value to differentiate; expected fully_shard(..., reshard_after_forward=False) on "
         "those modules, or fully_shard on the root module only"
     )
+
+
+_ZERO_METHOD = "_lightning_losses_zero_through_parameters"
+
+
+def zero_through(module: nn.Module) -> Tensor | None:
+    """A zero whose backward reaches every trainable parameter (``None`` without any): what a
+    rank with nothing to learn backpropagates, so that the gradient reduction completes on every
+    rank with its zero contribution.
+
+    Under FSDP2 the parameters are reduce-scattered from hooks FSDP2 attaches to a forward's
+    outputs, and a step whose ``forward`` returned ``None`` has none: the zero is computed by a
+    method registered with ``register_fsdp_forward_method``, which FSDP2 treats as a forward.
+    """
+    compute = getattr(module, _ZERO_METHOD, None)
+    if compute is None:
+        from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+
+        def zero() -> Tensor | None:
+            params = [p for p in module.parameters() if p.requires_grad]
+            return torch.stack([p.sum() for p in params]).sum() * 0.0 if params else None
+
+        object.__setattr__(module, _ZERO_METHOD, zero)
+        if isinstance(module, FSDPModule):
+            register_fsdp_forward_method(module, _ZERO_METHOD)
+        compute = getattr(module, _ZERO_METHOD)
+    return compute()

@@ -29,6 +29,7 @@ TIMEOUT = 240
 SCENARIOS = [
     "one",
     "optional",
+    "none",
     "joint",
     "frequency",
     "sequential",
@@ -184,6 +185,13 @@ def test_joint_routes_equal_a_single_process_replay(runs):
                 p -= update
     expected = torch.cat([p.detach().flatten() for p in net.parameters()]).tolist()
     assert finished(runs["joint-fsdp2"])[0]["params"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_none_on_one_rank_under_fsdp2_neither_hangs_nor_drops_the_other_ranks_gradients(runs):
+    # rank 1's forward returns None at step 1: its zero reaches FSDP2's reduce-scatter too
+    none, one = finished(runs["none-fsdp2"])[0], finished(runs["one-fsdp2"])[0]
+    assert none["step_params"][0] == one["step_params"][0]
+    assert none["step_params"][1] != pytest.approx(one["step_params"][1], abs=1e-6)
 
 
 def test_add_loss_on_one_rank_under_fsdp2_is_logged_and_trained(runs):

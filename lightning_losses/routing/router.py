@@ -117,6 +117,9 @@ class Router:
         #: Whether those are views of a flat parameter (FSDP1), not leaves of the graph.
         self.views = False
         self._version = -1
+        #: Each route's parameters as its optimizer holds them.
+        self._held: dict[Route, list[Tensor]] = {}
+        #: ... and as the step's graph holds them (the same tensors without FSDP).
         self.params: dict[Route, list[Tensor]] = {}
         self._fast: BoundedCache[tuple[str, ...], bool] = BoundedCache()
         self._looks: BoundedCache[tuple[str, ...], int] = BoundedCache()
@@ -165,10 +168,11 @@ class Router:
         if version == self._version:
             return
         self._version = version
-        self.params = {
+        self._held = {
             route: [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
             for route, opt in self.optimizer.optimizers.items()
         }
+        self.params = self._held
         self._fast = BoundedCache()
         self._resolved = self._leaves is None
 
@@ -176,7 +180,7 @@ class Router:
         """Each route's parameters as the step's graph holds them (during a step, after its
         forward)."""
         assert self._leaves is not None
-        held = self.params
+        held = self._held
         self.params = {route: self._leaves(ps) for route, ps in held.items()}
         self._resolved = True
         pairs = [(a, b) for r in held for a, b in zip(held[r], self.params[r])]
@@ -187,7 +191,9 @@ class Router:
         """Which routes this key set reaches, and a warning for its terms in no route (once
         per key set: what a step's key set says does not change)."""
         self._refresh()
-        if not self._resolved:
+        if not self._resolved or self.views:
+            # FSDP1 makes new views of its flat parameter at every forward: found again each
+            # step (FSDP2's unsharded parameters are the same tensors from step to step)
             self._resolve()
         if self._noted.get(terms):
             return
