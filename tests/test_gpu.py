@@ -220,21 +220,14 @@ def process_group():
     os.environ.pop("MASTER_PORT", None)  # the next one on a free port of its own
 
 
-_FSDP1_ROUTES = pytest.mark.xfail(
-    strict=True,
-    reason="FSDP1 with per-key routes trains other parameters than one device (seen on an H200 "
-    "in 0.3; one optimizer, optional terms and a weighting match): not supported yet, use FSDP2",
-)
-
-
 @pytest.mark.parametrize(
     "scenario",
     [
         "one",
         "optional",
-        pytest.param("joint", marks=_FSDP1_ROUTES),
-        pytest.param("frequency", marks=_FSDP1_ROUTES),
-        pytest.param("sequential", marks=_FSDP1_ROUTES),
+        "joint",
+        "frequency",
+        "sequential",
         "uw",
     ],
 )
