@@ -1052,6 +1052,10 @@ class LossDictModule(pl.LightningModule):
     def _translate_routes(self, config: Any) -> Any:
         if not routing.is_route_map(config):
             return config
+        # route names are term names: before the first training step they decide (API.md §1);
+        # without a "loss" route (the total) they are all the terms there are
+        routed = [name for key in config for name in ((key,) if isinstance(key, str) else key)]
+        self._select.name_terms([n for n in routed if n != TOTAL], all_terms=TOTAL not in routed)
         return routing.parse_route_map(config, self)
 
     def _route_for_step(self) -> routing.Router | None:

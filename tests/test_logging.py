@@ -27,7 +27,8 @@ def test_step_values_are_window_means_over_steps_across_epochs(memory_logger):
     seg = [r["seg"] for r in model.records]
     depth = [r["depth"] for r in model.records]
     total = [s + 0.5 * d for s, d in zip(seg, depth)]
-    expected_steps = [2, 5, 8, 11, 14, 16]  # the last, partial window when training stops
+    # the last, partial window when training stops, at its last batch's step (as Lightning's own)
+    expected_steps = [2, 5, 8, 11, 14, 15]
     for name, per_step in (("train/seg", seg), ("train/depth", depth), ("train/loss", total)):
         logged = memory_logger.series(name)
         assert [step for step, _ in logged] == expected_steps
@@ -46,8 +47,10 @@ def test_epoch_means_cover_every_step_of_the_epoch(memory_logger):
     assert [v for _, v in logged] == pytest.approx(
         [statistics.fmean(seg[:8]), statistics.fmean(seg[8:])], rel=1e-6
     )
-    # 16 steps never reach a 50-step write: one write of all of them when training stops
-    assert memory_logger.series("train/seg") == [(16, pytest.approx(statistics.fmean(seg)))]
+    # 16 steps never reach a 50-step write: one write of all of them when training stops,
+    # labelled with the last batch's step and epoch
+    assert memory_logger.series("train/seg") == [(15, pytest.approx(statistics.fmean(seg)))]
+    assert memory_logger.rows[-1][1]["epoch"] == 1
 
 
 def test_first_logged_values_equal_losses_computed_by_hand_from_initial_weights(memory_logger):
