@@ -63,6 +63,8 @@ class Step:
     training: bool = True
     where: tuple[str, int, int] = ("train", 0, 0)
     added_metrics: frozenset[str] = frozenset()
+    #: per sample, what a ``metrics=`` metric (a mean over samples) is updated with
+    samples: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,9 @@ class Reference:
         all_terms: Sequence[str] | None = None,
         total_key: bool = False,
         dwa: tuple[Sequence[str], float] | None = None,
+        metric: str | None = None,
     ) -> None:
+        self.metric = metric  # a metrics= mean over evaluation samples, logged under this name
         self.loss_weights = dict(loss_weights or {})
         self.select = select
         self.all_terms = None if all_terms is None else set(all_terms)
@@ -406,7 +410,7 @@ class Reference:
                     and (epoch + 1) % loop.check_val_every_n_epoch == 0
                     and (should_stop or (b + 1) % check_batch == 0)
                 ):
-                    run = Evaluation()
+                    run = Evaluation(self.metric)
                     for i, n in enumerate(loop.val_batches):
                         for j in range(n):
                             vstep = feed.take(("val", i, j))
@@ -460,7 +464,7 @@ class Reference:
         returns; ``step`` and ``epoch`` are the trainer's ``_batches_that_stepped`` and
         ``current_epoch`` (0 for a fresh Trainer)."""
         feed = Feed(steps)
-        run = Evaluation()
+        run = Evaluation(self.metric)
         for i, n in enumerate(val_batches):
             for j in range(n):
                 s = feed.take((stage, i, j))
@@ -492,10 +496,14 @@ def window_means(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
 class Evaluation:
     """One evaluation run: batch-size-weighted means per dataloader and name."""
 
-    def __init__(self) -> None:
+    def __init__(self, metric: str | None = None) -> None:
         self.pairs: dict[int, dict[str, list[tuple[float, int]]]] = {}
+        self.metric = metric
+        self.samples: dict[int, list[float]] = {}
 
     def add(self, step: Step, entries: Mapping[str, float]) -> None:
+        if self.metric is not None:
+            self.samples.setdefault(step.dataloader_idx, []).extend(step.samples)
         per_name = self.pairs.setdefault(step.dataloader_idx, {})
         for name, value in entries.items():
             per_name.setdefault(name, []).append((value, step.batch_size))
@@ -511,4 +519,6 @@ class Evaluation:
                     for name, pairs in self.pairs.get(idx, {}).items()
                 }
             )
+            if self.samples.get(idx):
+                returned[-1][f"{stage}/{self.metric}{suffix}"] = mean(self.samples[idx])
         return returned

@@ -10,7 +10,7 @@ that sometimes lacks a gradient, metrics without gradient, ``add_loss``/``add_me
 inside the model, non-scalar pass-through outputs, batches returning None, ``loss_keys`` as
 names, globs or a callable, constant, glob-keyed and scheduled weights, a DynamicWeightAverage
 weighting, per-key optimizers joint or taking turns, with per-step schedulers whose step counts
-are checked). The model records every value it returns,
+are checked, a torchmetrics metric through ``metrics=``). The model records every value it returns,
 as a Python float, with the batch the loops ran; ``tests/reference.py`` predicts from Lightning's
 loop rules which batches run and which rows are written, and from the contract what they hold,
 in plain float arithmetic. Then EVERY row of every ``metrics.csv`` (its ``step``, its ``epoch``,
@@ -36,6 +36,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+import torchmetrics
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from lightning.pytorch.callbacks import Callback, EarlyStopping
@@ -263,6 +264,7 @@ class Config:
     early_stopping: tuple[int, bool | None] | None = None  # (patience, check_on_train_epoch_end)
     weighting: float | None = None  # DynamicWeightAverage(terms, temperature) (form "dict")
     routes: tuple[int, int] | None = None  # per-key optimizers; (0, 0): joint, else frequencies
+    metric: bool = False  # metrics={"m0": mean of the first logit over evaluation samples}
 
     def batches(self, n: int, batch_size: int, limit: int | float | None) -> int:
         full = math.ceil(n / batch_size)
@@ -296,6 +298,7 @@ class Config:
             all_terms=self.terms() if self.weighting is not None else None,
             total_key=self.form == "total",
             dwa=(self.terms(), self.weighting) if self.weighting is not None else None,
+            metric="m0" if self.metric else None,
         )
 
     def loss_weights(self) -> dict[str, Weight]:
@@ -331,7 +334,8 @@ class Config:
             val_batches=self.val_batches,
             val_check_batch=check,
             check_val_every_n_epoch=self.check_val_every_n_epoch,
-            val_check_interval_is_one=interval == 1.0 and not isinstance(interval, int),
+            # (EarlyStopping compares with ==, so an int 1 counts as 1.0 too)
+            val_check_interval_is_one=interval == 1.0,
             num_sanity_val_steps=self.num_sanity_val_steps,
             early_stopping=early,
         )
@@ -392,6 +396,8 @@ class Net(nn.Module):
                 out["aux"] = aux
             if "acc" in c.metrics and s % 2 == 0:
                 out["acc"] = (logits.argmax(-1) == y).double().mean()
+            if c.passthrough or (c.metric and not r_training(self)):
+                out["logits"] = logits
         else:
             out = {"loss" if c.form == "loss_dict" else "main": main}
             if c.form == "dict" and s % c.aux_every == 0:
@@ -403,12 +409,21 @@ class Net(nn.Module):
                 out["acc"] = (logits.argmax(-1) == y).double().mean()
             if "det" in c.metrics and s % 3 != 1:
                 out["det"] = 0.5 * main.detach() + 1
-            if c.passthrough:
+            if c.passthrough or (c.metric and not r_training(self)):
                 out["logits"] = logits  # not a scalar: passed through, never logged
-        self.record(out, added, len(ids))
+        samples = ()
+        if c.metric and not r_training(self):
+            samples = tuple(float(v) for v in logits[:, 0].detach())
+        self.record(out, added, len(ids), samples)
         return out
 
-    def record(self, out: Any, added: dict[str, torch.Tensor], batch_size: int) -> None:
+    def record(
+        self,
+        out: Any,
+        added: dict[str, torch.Tensor],
+        batch_size: int,
+        samples: tuple[float, ...] = (),
+    ) -> None:
         r = self.recording
         flat = flatten({} if out is None else out if isinstance(out, dict) else {"loss": out})
         if "tot" in flat:  # total_key="tot": the library logs the model's total as "loss"
@@ -424,6 +439,7 @@ class Net(nn.Module):
                 training=r.training,
                 where=r.where,
                 added_metrics=frozenset({"frac"} & set(added)),
+                samples=samples,
             )
         )
 
@@ -433,6 +449,32 @@ class Net(nn.Module):
         if len(args) == 3:  # call="positional" (or "auto" with a tuple batch)
             return self.losses(*args)
         return self.losses(*unpack(args[0]))  # call="batch"
+
+
+def r_training(net: Net) -> bool:
+    return net.recording.training
+
+
+def first_logit(predictions: Any, batch: Any) -> tuple[torch.Tensor]:
+    """``metric_inputs``: what the ``m0`` metric averages (module level: recorded by name)."""
+    return (predictions["logits"][:, 0],)
+
+
+class SampleMean(torchmetrics.Metric):
+    """The mean over samples of what it is updated with, in float64 (torchmetrics' MeanMetric
+    casts its inputs to the metric's dtype, which is float32 again once the module moved)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, values: torch.Tensor) -> None:
+        self.total += values.double().sum()
+        self.count += values.numel()
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count
 
 
 class BatchNet(Net):
@@ -514,6 +556,8 @@ def make_module(c: Config, recording: Recording) -> LossDictModule:
     )
     if c.form == "total":
         options["total_key"] = "tot"
+    if c.metric:
+        options.update(metrics={"m0": SampleMean()}, metric_inputs=first_logit)
     if c.weighting is not None:
         from lightning_losses.weighting import DynamicWeightAverage
 
@@ -697,30 +741,23 @@ def metrics_csv(root: Path, name: str) -> Path:
 
 
 def route_steps(c: Config, steps: Sequence[Step]) -> dict[str, tuple[int, int]]:
-    """Each route's (optimizer, scheduler) steps in one fit: every optimizer step of the fit,
-    or with turns those of its turn (the routes take ``frequency`` consecutive optimizer steps
-    each, in the order given, API.md §8); a scheduler steps with its own route's optimizer."""
+    """Each route's (optimizer, scheduler) steps in one fit: at every optimizer step of the fit
+    (the last batch of an accumulation group or of an epoch) whose batch had something to learn
+    (a batch that returned None steps nothing), every route, or with turns the route whose turn
+    ``global_step`` is (``frequency`` consecutive steps each, in the order given, API.md §8); a
+    scheduler steps with its own route's optimizer."""
     assert c.routes is not None
     out = {"main": 0, "loss": 0}
     cycle = sum(c.routes)
-    for g in range(count_optimizer_steps(c, steps)):
+    for s in steps:
+        b = s.where[2]
+        stepping = (b + 1) % c.accumulate_grad_batches == 0 or b == c.batches_per_epoch - 1
+        if s.where[0] != "train" or not stepping or not s.values:
+            continue
         for route, first in (("main", True), ("loss", False)):
-            if cycle == 0 or (g % cycle < c.routes[0]) == first:
+            if cycle == 0 or (s.global_step % cycle < c.routes[0]) == first:
                 out[route] += 1
     return {r: (n, n) for r, n in out.items()}
-
-
-def count_optimizer_steps(c: Config, steps: Sequence[Step]) -> int:
-    """Optimizer steps of a fit, from the predicted schedule: the training batches that ran
-    (checked against the reference), each stepping when its accumulation group is complete or
-    it is its epoch's last batch."""
-    n = 0
-    for s in steps:
-        if s.where[0] != "train":
-            continue
-        b = s.where[2]
-        n += (b + 1) % c.accumulate_grad_batches == 0 or b == c.batches_per_epoch - 1
-    return n
 
 
 def run_experiment(c: Config, root: Path) -> list[str]:
@@ -889,6 +926,8 @@ def configs(draw: Callable[..., Any]) -> Config:
         dict_batches = False
     if wrap == "keyword":
         dict_batches = True
+    # (None beside add_metric alone would be a step with metrics and no term: an error)
+    none_batches = not added and draw(st.booleans())
     interval = draw(st.just(1.0) | st.sampled_from([0.25, 0.5]) | st.integers(1, per_epoch))
     early = draw(st.none() | st.tuples(st.integers(0, 1), st.sampled_from([None, False, True])))
     return Config(
@@ -918,7 +957,7 @@ def configs(draw: Callable[..., Any]) -> Config:
         detach_aux=form == "dict" and draw(st.booleans()),
         fit_twice=draw(st.booleans()),
         # (None beside add_metric alone would be a step with metrics and no term: an error)
-        none_batches=not added and draw(st.booleans()),
+        none_batches=none_batches,
         wrap=wrap,
         dict_batches=dict_batches,
         added=added,
@@ -927,6 +966,7 @@ def configs(draw: Callable[..., Any]) -> Config:
         early_stopping=early,
         weighting=weighting,
         routes=routes,
+        metric=form in ("dict", "total") and not none_batches and draw(st.booleans()),
     )
 
 
@@ -1067,6 +1107,7 @@ WRAPPED = Config(  # wrap mode, dict batches, add_loss/add_metric, glob loss_key
     loss_keys="globs",
     check_val_every_n_epoch=2,
     early_stopping=(0, None),
+    metric=True,
 )
 ROUTED = Config(  # per-key optimizers taking turns, accumulation, a stop mid-accumulation
     seed=2,
@@ -1123,7 +1164,8 @@ WEIGHTED = Config(  # DynamicWeightAverage over 3 epochs (its weights move in th
     weighting=2.0,
     early_stopping=(1, True),
 )
-TOTAL_KEY = Config(  # total_key: the model's own total, its parts and an accuracy as metrics
+TOTAL_KEY = Config(  # total_key: the model's own total, its parts and an accuracy as metrics;
+    # a torchmetrics metric on the eval-mode predictions
     seed=0,
     n_train=7,
     train_batch_size=2,
@@ -1148,6 +1190,7 @@ TOTAL_KEY = Config(  # total_key: the model's own total, its parts and an accura
     after_fit=("val",),
     reuse_fit_trainer=True,
     wrap="auto",
+    metric=True,
 )
 
 
