@@ -25,6 +25,7 @@ model-based test can be blamed on the library rather than on the reference.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import tempfile
 from collections.abc import Callable, Sequence
@@ -265,6 +266,7 @@ class Config:
     weighting: float | None = None  # DynamicWeightAverage(terms, temperature) (form "dict")
     routes: tuple[int, int] | None = None  # per-key optimizers; (0, 0): joint, else frequencies
     metric: bool = False  # metrics={"m0": mean of the first logit over evaluation samples}
+    sequential: bool = False  # route_mode="sequential" (joint routes, no accumulation)
 
     def batches(self, n: int, batch_size: int, limit: int | float | None) -> int:
         full = math.ceil(n / batch_size)
@@ -556,6 +558,8 @@ def make_module(c: Config, recording: Recording) -> LossDictModule:
     )
     if c.form == "total":
         options["total_key"] = "tot"
+    if c.sequential:
+        options["route_mode"] = "sequential"
     if c.metric:
         options.update(metrics={"m0": SampleMean()}, metric_inputs=first_logit)
     if c.weighting is not None:
@@ -760,6 +764,30 @@ def route_steps(c: Config, steps: Sequence[Step]) -> dict[str, tuple[int, int]]:
     return {r: (n, n) for r, n in out.items()}
 
 
+def merge_passes(steps: Sequence[Step]) -> list[Step]:
+    """``route_mode="sequential"`` runs forward once per route (``main``, then the total's
+    route ``loss``, which owns every other term): a batch's values are each term from its own
+    route's pass and every metric from the first pass."""
+    merged: list[Step] = []
+    terms: set[str] = set()  # names that carried a gradient in training so far
+    i = 0
+    while i < len(steps):
+        group = [steps[i]]
+        while i + len(group) < len(steps) and steps[i + len(group)].where == steps[i].where:
+            group.append(steps[i + len(group)])
+        i += len(group)
+        first, last = group[0], group[-1]
+        if len(group) == 1:
+            merged.append(first)
+            continue
+        terms |= first.requires_grad | last.requires_grad
+        values = {k: v for k, v in first.values.items() if k not in terms or k == "main"}
+        values.update({k: v for k, v in last.values.items() if k in terms and k != "main"})
+        grad = (first.requires_grad & {"main"}) | (last.requires_grad - {"main"})
+        merged.append(dataclasses.replace(first, values=values, requires_grad=frozenset(grad)))
+    return merged
+
+
 def run_experiment(c: Config, root: Path) -> list[str]:
     """Runs every call of ``c`` on one module; returns every difference found."""
     recording = Recording()
@@ -817,11 +845,12 @@ def run_experiment(c: Config, root: Path) -> list[str]:
         recording.steps = []
         train_loader = loader(c, c.n_train, c.train_batch_size, 0, c.seed)
         trainer.fit(model, train_loader, loaders)
-        expected = ref.fit(recording.steps, c.loop())
+        steps = merge_passes(recording.steps) if c.sequential else recording.steps
+        expected = ref.fit(steps, c.loop())
         problems.extend(compare_callback_metrics(name, expected.callback, trainer))
         if isinstance(model, Recorded) and c.routes is not None:
             # (each fit configures fresh optimizers and schedulers)
-            want, got = route_steps(c, recording.steps), model.step_counts()
+            want, got = route_steps(c, steps), model.step_counts()
             if got != want:
                 problems.append(f"{name}: (optimizer, scheduler) steps {got}, expected {want}")
         return trainer, expected
@@ -872,7 +901,8 @@ def configs(draw: Callable[..., Any]) -> Config:
         if isinstance(limit_train, int)
         else int(full * limit_train)
     )
-    accumulate = draw(st.integers(1, 3))
+    sequential = draw(st.integers(0, 3)) == 0  # (if routes are drawn: no accumulation then)
+    accumulate = 1 if sequential else draw(st.integers(1, 3))
     max_epochs = draw(st.integers(1, 3))
     steps_per_epoch = math.ceil(per_epoch / accumulate)
     max_steps = draw(st.just(-1) | st.integers(1, steps_per_epoch * max_epochs))
@@ -900,7 +930,11 @@ def configs(draw: Callable[..., Any]) -> Config:
     added = form == "dict" and draw(st.booleans())
     routed = form == "dict" and draw(st.booleans())
     routes = (
-        draw(st.sampled_from([(0, 0), (1, 1), (2, 1), (1, 3)])) if routed else None
+        (0, 0)
+        if routed and sequential
+        else draw(st.sampled_from([(0, 0), (1, 1), (2, 1), (1, 3)]))
+        if routed
+        else None
     )  # joint, or turns of these frequencies
     terms = {
         "scalar": ["loss"],
@@ -967,6 +1001,7 @@ def configs(draw: Callable[..., Any]) -> Config:
         weighting=weighting,
         routes=routes,
         metric=form in ("dict", "total") and not none_batches and draw(st.booleans()),
+        sequential=routes is not None and sequential,
     )
 
 
@@ -1193,6 +1228,35 @@ TOTAL_KEY = Config(  # total_key: the model's own total, its parts and an accura
     metric=True,
 )
 
+SEQUENTIAL = Config(  # route_mode="sequential": forward once per route, each term from its pass
+    seed=1,
+    n_train=7,
+    train_batch_size=2,
+    limit_train_batches=None,
+    accumulate_grad_batches=1,
+    log_every_n_steps=3,
+    max_epochs=2,
+    max_steps=-1,
+    stop_after_batches=6,
+    val_sizes=(3,),
+    val_batch_sizes=(2,),
+    limit_val_batches=None,
+    val_check_interval=2,
+    num_sanity_val_steps=0,
+    form="dict",
+    nested=False,
+    aux_every=2,
+    metrics=("acc", "det"),
+    passthrough=False,
+    weights=(("aux", "schedule"),),
+    before_fit=(),
+    after_fit=("test",),
+    reuse_fit_trainer=True,
+    added=True,
+    routes=(0, 0),
+    sequential=True,
+)
+
 
 @pytest.mark.filterwarnings("ignore")  # Lightning's advice on tiny loaders is not the subject
 @settings(
@@ -1214,6 +1278,7 @@ TOTAL_KEY = Config(  # total_key: the model's own total, its parts and an accura
 @example(config=ROUTED)
 @example(config=WEIGHTED)
 @example(config=TOTAL_KEY)
+@example(config=SEQUENTIAL)
 def test_every_logged_value_matches_the_reference(config: Config) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         try:
