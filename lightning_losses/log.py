@@ -20,7 +20,7 @@ and ``begin`` on every rank at the same point of the run, so the registries stay
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor
@@ -271,7 +271,7 @@ def check_state(state: Mapping[str, Any], entry: str = "lightning_losses") -> No
     """Raise a ``ValueError`` naming the part of a saved :meth:`LossLog.state` that is not
     consistent (a damaged or hand-edited checkpoint), instead of a shape error deep in a load."""
 
-    def fail(where: str, problem: str) -> None:
+    def fail(where: str, problem: str) -> NoReturn:
         raise ValueError(
             f"checkpoint entry {entry!r}[{where!r}] is inconsistent: {problem}; expected the "
             "state this library saved (is the checkpoint damaged or edited? resume from another "
@@ -282,9 +282,9 @@ def check_state(state: Mapping[str, Any], entry: str = "lightning_losses") -> No
         names = part.get("names")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             fail(where, f"'names' is {type(names).__name__}, not a list of names")
-        if len(set(names)) != len(names):  # type: ignore[arg-type]
+        if len(set(names)) != len(names):
             fail(where, "'names' repeats a name")
-        return names  # type: ignore[return-value]
+        return names
 
     registry = state["registry"]
     if not isinstance(registry, Mapping):
@@ -316,7 +316,7 @@ def check_state(state: Mapping[str, Any], entry: str = "lightning_losses") -> No
             entries = part.get(counts)
             if not isinstance(entries, list):
                 fail(where, f"{counts!r} is {type(entries).__name__}, not a list")
-            for item in entries:  # type: ignore[union-attr]
+            for item in entries:
                 if (
                     not isinstance(item, (list, tuple)) or len(item) != 2
                     or not isinstance(item[0], (list, tuple))
