@@ -226,7 +226,7 @@ def _torchjd_arguments(module: nn.Module) -> dict[str, Any] | str:
     except (TypeError, ValueError):
         return f"{type(module).__name__}'s constructor has no readable signature"
     tensors: dict[str, Tensor] = dict(module.named_parameters(recurse=False))
-    tensors.update(dict(module.named_buffers(recurse=False)))
+    tensors.update(module.named_buffers(recurse=False))
     arguments: dict[str, Any] = {}
     opaque: list[str] = []
     for name, parameter in list(signature.parameters.items())[1:]:

@@ -53,7 +53,8 @@ from lightning_losses.recorder import (
     skipped_steps_metric,
     warn_untrained_eval,
 )
-from lightning_losses.routing.session import RouteMode, RoutingSession, is_routed
+from lightning_losses.routing import config as routing_config
+from lightning_losses.routing.session import RouteMode, RoutingSession, is_routed, translate
 from lightning_losses.shared import SharedParameters
 from lightning_losses.terms import (
     KeySelector,
@@ -542,6 +543,16 @@ class Lifecycle:
             weighting.absent(module.device)
             return
         weighting.after_step(stack_terms(parsed.terms), tuple(parsed.terms))
+
+    def translate_routes(self, config: Any) -> Any:
+        """What ``configure_optimizers`` returned, a route map made one ``RoutedOptimizer``.
+        Route names are term names: before the first training step they decide (API.md §1),
+        and without a ``"loss"`` route (the total) they are all the terms there are."""
+        if not routing_config.is_route_map(config):
+            return config
+        routed = [name for key in config for name in ((key,) if isinstance(key, str) else key)]
+        self.select.name_terms([n for n in routed if n != "loss"], all_terms="loss" not in routed)
+        return translate(config, self.module)
 
     def active_routes(self) -> frozenset[str]:
         return self.routing.active_routes(_lightning.trainer_or_none(self.module))

@@ -21,7 +21,7 @@ from lightning_losses import _lightning, evaluation, hparams, overrides, routing
 from lightning_losses.calling import Call
 from lightning_losses.guards import NonFinite
 from lightning_losses.lifecycle import Lifecycle, StepOutput, check_arguments
-from lightning_losses.routing.session import RouteMode, translate
+from lightning_losses.routing.session import RouteMode
 from lightning_losses.terms import TOTAL, LossKeys, describe
 from lightning_losses.weights import WeightValue
 
@@ -192,7 +192,7 @@ class LossDictModule(pl.LightningModule):
 
             @functools.wraps(own)
             def configure_optimizers(self: LossDictModule) -> Any:
-                return translate(own(self), self)
+                return self._lifecycle.translate_routes(own(self))
 
             configure_optimizers._routes_translated = True  # type: ignore[attr-defined]
             cls.configure_optimizers = configure_optimizers  # type: ignore[method-assign]
@@ -304,7 +304,7 @@ class LossDictModule(pl.LightningModule):
         clipping, accumulation, precision and ``global_step`` keep their meaning."""
         routes = self.configure_routes()
         if routes is not None:
-            return translate(routes, self)
+            return self._lifecycle.translate_routes(routes)
         optimizer = (self.optimizer_factory or default_optimizer)(self.parameters())
         if not isinstance(optimizer, Optimizer):
             raise TypeError(

@@ -359,7 +359,8 @@ def parse_output(output: Any, select: KeySelector, stage: str = "train") -> Pars
         for name in [n for n in terms if n != TOTAL]:
             parsed.metrics[name] = terms.pop(name)
     _check_reserved(parsed)
-    if parsed.outputs and training and terms and not explicit:
+    if parsed.outputs and training and terms and not explicit and list(terms) != [TOTAL]:
+        # (beside a lone "loss", a HuggingFace output, the other entries are the model's outputs)
         _warn_unreduced(parsed.outputs, select)
     return parsed
 

@@ -63,6 +63,8 @@ class Step:
     training: bool = True
     where: tuple[str, int, int] = ("train", 0, 0)
     added_metrics: frozenset[str] = frozenset()
+    #: per sample, what a ``metrics=`` metric (a mean over samples) is updated with
+    samples: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -210,20 +212,50 @@ class Reference:
     loss term in training, and whether any training step has happened. Windows and means never
     carry over, which is itself part of the contract.
 
-    ``named(name)`` tells whether something the user configured names ``name`` as a loss term
-    (``loss_keys``, ``loss_weights`` entries): before any training step that decides; ``loss_keys``
-    (``select``) decides in every stage.
+    ``select`` (``loss_keys`` as a predicate) decides in every stage. ``all_terms``: the names
+    a weighting's term list or routes without a ``"loss"`` route give, which before any training
+    step are all the terms there are. ``total_key``: the model's own total was recorded as
+    ``loss``; it is the one term, every other value a metric. ``dwa``: a
+    ``DynamicWeightAverage(terms, temperature)`` whose weights multiply ``loss_weights`` and are
+    all logged.
     """
 
     def __init__(
         self,
         loss_weights: Mapping[str, Weight] | None = None,
         select: Callable[[str], bool] | None = None,
+        all_terms: Sequence[str] | None = None,
+        total_key: bool = False,
+        dwa: tuple[Sequence[str], float] | None = None,
+        metric: str | None = None,
     ) -> None:
+        self.metric = metric  # a metrics= mean over evaluation samples, logged under this name
         self.loss_weights = dict(loss_weights or {})
         self.select = select
+        self.all_terms = None if all_terms is None else set(all_terms)
+        self.total_key = total_key
+        self.dwa_terms, self.temperature = (list(dwa[0]), dwa[1]) if dwa else ([], 1.0)
+        self.dwa_weights = {t: 1.0 for t in self.dwa_terms}
+        self.dwa_means: list[dict[str, float]] = []  # the last two epochs' term means
         self.train_terms: set[str] = set()
         self.trained = False
+
+    def dwa_epoch_end(self, means: Mapping[str, float]) -> None:
+        """DWA's update from an epoch's term means: ``K softmax(r / T)``, ``r`` the ratio of the
+        last two epochs' means (1 where either is missing), all 1 before two epochs."""
+        if not self.dwa_terms:
+            return
+        self.dwa_means = [*self.dwa_means, {t: means[t] for t in self.dwa_terms if t in means}]
+        self.dwa_means = self.dwa_means[-2:]
+        if len(self.dwa_means) < 2 or not self.dwa_means[0]:
+            self.dwa_weights = {t: 1.0 for t in self.dwa_terms}
+            return
+        before, last = self.dwa_means
+        ratios = [last[t] / before[t] if t in before and t in last else 1.0 for t in self.dwa_terms]
+        exps = [math.exp(r / self.temperature - max(ratios) / self.temperature) for r in ratios]
+        self.dwa_weights = {
+            t: len(exps) * e / math.fsum(exps) for t, e in zip(self.dwa_terms, exps)
+        }
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -238,21 +270,29 @@ class Reference:
 
     def weight(self, name: str, global_step: int) -> float:
         w = self._weight_entry(name)
+        learned = self.dwa_weights.get(name, 1.0)
         if w is None:
-            return 1.0
-        return float(w(global_step)) if callable(w) else float(w)
+            return learned
+        return (float(w(global_step)) if callable(w) else float(w)) * learned
 
     def logs_weight(self, name: str) -> bool:
-        """A weight is logged unless it is the constant 1 (an unlisted term, or ``1.0``)."""
+        """A weight is logged unless it is the constant 1 (an unlisted term, or ``1.0``);
+        with a weighting, every weight is logged."""
+        if self.dwa_terms:
+            return True
         w = self._weight_entry(name)
         return w is not None and (callable(w) or float(w) != 1.0)
 
     def terms(self, step: Step, training: bool) -> list[str]:
         """Which returned names are loss terms in this step (and remember training's verdict)."""
+        if self.total_key:
+            return [TOTAL] if TOTAL in step.values else []
         if self.select is not None:
+            selected = [k for k in step.values if self.select(k)]
             if training:
                 self.trained = self.trained or bool(step.values)
-            return [k for k in step.values if self.select(k)]
+                self.train_terms.update(selected)
+            return selected
         candidates = [k for k in step.values if k not in step.added_metrics]
         if training:
             terms = [k for k in candidates if k in step.requires_grad or k in self.train_terms]
@@ -263,6 +303,10 @@ class Reference:
             self.trained = self.trained or bool(step.values)
             return terms
         if not self.trained:
+            if self.all_terms is not None:
+                return [k for k in candidates if k in self.all_terms]
+            if TOTAL in candidates:  # beside a key named "loss" (HuggingFace), it is the term
+                return [TOTAL]
             return candidates
         return [k for k in candidates if k in self.train_terms]
 
@@ -366,7 +410,7 @@ class Reference:
                     and (epoch + 1) % loop.check_val_every_n_epoch == 0
                     and (should_stop or (b + 1) % check_batch == 0)
                 ):
-                    run = Evaluation()
+                    run = Evaluation(self.metric)
                     for i, n in enumerate(loop.val_batches):
                         for j in range(n):
                             vstep = feed.take(("val", i, j))
@@ -389,6 +433,9 @@ class Reference:
             }
             callback.update(epoch_means)
             callback.update({f"{name}_epoch": v for name, v in epoch_means.items()})
+            self.dwa_epoch_end(
+                {k.split("/", 1)[1]: v for k, v in epoch_means.items() if k[6:] in self.train_terms}
+            )
             if early is not None and early_at_epoch_end:
                 early_check()
             expected.write(
@@ -417,7 +464,7 @@ class Reference:
         returns; ``step`` and ``epoch`` are the trainer's ``_batches_that_stepped`` and
         ``current_epoch`` (0 for a fresh Trainer)."""
         feed = Feed(steps)
-        run = Evaluation()
+        run = Evaluation(self.metric)
         for i, n in enumerate(val_batches):
             for j in range(n):
                 s = feed.take((stage, i, j))
@@ -449,10 +496,14 @@ def window_means(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
 class Evaluation:
     """One evaluation run: batch-size-weighted means per dataloader and name."""
 
-    def __init__(self) -> None:
+    def __init__(self, metric: str | None = None) -> None:
         self.pairs: dict[int, dict[str, list[tuple[float, int]]]] = {}
+        self.metric = metric
+        self.samples: dict[int, list[float]] = {}
 
     def add(self, step: Step, entries: Mapping[str, float]) -> None:
+        if self.metric is not None:
+            self.samples.setdefault(step.dataloader_idx, []).extend(step.samples)
         per_name = self.pairs.setdefault(step.dataloader_idx, {})
         for name, value in entries.items():
             per_name.setdefault(name, []).append((value, step.batch_size))
@@ -468,4 +519,6 @@ class Evaluation:
                     for name, pairs in self.pairs.get(idx, {}).items()
                 }
             )
+            if self.samples.get(idx):
+                returned[-1][f"{stage}/{self.metric}{suffix}"] = mean(self.samples[idx])
         return returned

@@ -372,3 +372,30 @@ def plain_settings(module: LossDictModule) -> list[dict[str, Any]]:
         {k: v for k, v in vars(m).items() if type(v) in (int, float, str, tuple)}
         for m in strategy.modules()
     ]
+
+
+class Routed(Tiny):
+    """``a`` and ``b`` on their own optimizers, and an accuracy."""
+
+    def __init__(self) -> None:
+        super().__init__(acc=True)
+        self.other = nn.Linear(2, 1)
+
+    def forward(self, batch: Any) -> Any:
+        out = super().forward(batch)
+        out["b"] = self.other(batch[0]).pow(2).mean()
+        return out
+
+    def configure_optimizers(self) -> Any:
+        return {
+            "a": torch.optim.SGD(self.net.parameters(), lr=0.1),
+            "b": torch.optim.SGD(self.other.parameters(), lr=0.1),
+        }
+
+
+def test_route_names_decide_in_the_sanity_check() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(num_sanity_val_steps=2).fit(Routed(), data(), data())
+    # the routes name every term: acc is not guessed to be one
+    assert not [w for w in caught if "no training step has told" in str(w.message)]

@@ -141,7 +141,7 @@ def test_logged_values_are_means_over_ranks_and_steps(tmp_path, strategy):
         if any(k.startswith("train/") and not k.endswith("_epoch") for k in m)
     ]
     # 8 steps a rank per epoch, 2 epochs, a write every 3 steps, and the last (partial)
-    # window written when training stops
+    # window written when training stops, at its last batch's step
     windows = [range(0, 3), range(3, 6), range(6, 9), range(9, 12), range(12, 15), range(15, 16)]
     assert [s for s, _ in step_rows] == [2, 5, 8, 11, 14, 15]  # the last: its batch's own step
     for (step, row), window in zip(step_rows, windows):

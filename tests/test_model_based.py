@@ -4,11 +4,13 @@ Hypothesis draws a Trainer configuration (windows, accumulation, validation ever
 fraction of an epoch, every n epochs, integer and fractional limits, max_epochs/max_steps, a
 callback's ``should_stop``, EarlyStopping, one or two val loaders, sanity checks, validate/test
 before and after fit on fresh Trainers or on fit's own, a second fit) and a model (subclass or
-wrapped with each ``call=``, tuple or dict batches, scalar, HuggingFace-like ``{"loss": ...}`` or
-dict returns, nested names, optional terms present on some batches only, a term that sometimes
-lacks a gradient, metrics without gradient, ``add_loss``/``add_metric`` from inside the model,
-non-scalar pass-through outputs, batches returning None, ``loss_keys`` as names, globs or a
-callable, constant, glob-keyed and scheduled weights). The model records every value it returns,
+wrapped with each ``call=``, tuple or dict batches, scalar, HuggingFace-like ``{"loss": ...}``,
+``total_key`` or dict returns, nested names, optional terms present on some batches only, a term
+that sometimes lacks a gradient, metrics without gradient, ``add_loss``/``add_metric`` from
+inside the model, non-scalar pass-through outputs, batches returning None, ``loss_keys`` as
+names, globs or a callable, constant, glob-keyed and scheduled weights, a DynamicWeightAverage
+weighting, per-key optimizers joint or taking turns, with per-step schedulers whose step counts
+are checked, a torchmetrics metric through ``metrics=``). The model records every value it returns,
 as a Python float, with the batch the loops ran; ``tests/reference.py`` predicts from Lightning's
 loop rules which batches run and which rows are written, and from the contract what they hold,
 in plain float arithmetic. Then EVERY row of every ``metrics.csv`` (its ``step``, its ``epoch``,
@@ -23,6 +25,7 @@ model-based test can be blamed on the library rather than on the reference.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import tempfile
 from collections.abc import Callable, Sequence
@@ -34,7 +37,8 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, example, given, settings
+import torchmetrics
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
@@ -259,6 +263,10 @@ class Config:
     loss_keys: str | None = None  # None | "names" | "globs" | "callable"
     check_val_every_n_epoch: int = 1
     early_stopping: tuple[int, bool | None] | None = None  # (patience, check_on_train_epoch_end)
+    weighting: float | None = None  # DynamicWeightAverage(terms, temperature) (form "dict")
+    routes: tuple[int, int] | None = None  # per-key optimizers; (0, 0): joint, else frequencies
+    metric: bool = False  # metrics={"m0": mean of the first logit over evaluation samples}
+    sequential: bool = False  # route_mode="sequential" (joint routes, no accumulation)
 
     def batches(self, n: int, batch_size: int, limit: int | float | None) -> int:
         full = math.ceil(n / batch_size)
@@ -281,8 +289,19 @@ class Config:
         return {
             "scalar": ["loss"],
             "loss_dict": ["loss"],
+            "total": ["loss"],
             "dict": ["main", "extra/aux" if self.nested else "aux"],
         }[self.form] + (["reg"] if self.added else [])
+
+    def reference(self) -> Reference:
+        return Reference(
+            self.loss_weights(),
+            self.selection()[1],
+            all_terms=self.terms() if self.weighting is not None else None,
+            total_key=self.form == "total",
+            dwa=(self.terms(), self.weighting) if self.weighting is not None else None,
+            metric="m0" if self.metric else None,
+        )
 
     def loss_weights(self) -> dict[str, Weight]:
         return {k: schedule if w == "schedule" else float(w) for k, w in self.weights}
@@ -317,7 +336,8 @@ class Config:
             val_batches=self.val_batches,
             val_check_batch=check,
             check_val_every_n_epoch=self.check_val_every_n_epoch,
-            val_check_interval_is_one=interval == 1.0 and not isinstance(interval, int),
+            # (EarlyStopping compares with ==, so an int 1 counts as 1.0 too)
+            val_check_interval_is_one=interval == 1.0,
             num_sanity_val_steps=self.num_sanity_val_steps,
             early_stopping=early,
         )
@@ -371,6 +391,15 @@ class Net(nn.Module):
             out = None  # nothing to learn from this batch: it logs nothing, counts nowhere
         elif c.form == "scalar":
             out = main
+        elif c.form == "total":  # a HuggingFace-like output whose "tot" already is the total
+            aux = logits.pow(2).mean()
+            out = {"tot": main + 0.5 * aux, "ce": main}
+            if s % c.aux_every == 0:
+                out["aux"] = aux
+            if "acc" in c.metrics and s % 2 == 0:
+                out["acc"] = (logits.argmax(-1) == y).double().mean()
+            if c.passthrough or (c.metric and not r_training(self)):
+                out["logits"] = logits
         else:
             out = {"loss" if c.form == "loss_dict" else "main": main}
             if c.form == "dict" and s % c.aux_every == 0:
@@ -382,14 +411,25 @@ class Net(nn.Module):
                 out["acc"] = (logits.argmax(-1) == y).double().mean()
             if "det" in c.metrics and s % 3 != 1:
                 out["det"] = 0.5 * main.detach() + 1
-            if c.passthrough:
+            if c.passthrough or (c.metric and not r_training(self)):
                 out["logits"] = logits  # not a scalar: passed through, never logged
-        self.record(out, added, len(ids))
+        samples = ()
+        if c.metric and not r_training(self):
+            samples = tuple(float(v) for v in logits[:, 0].detach())
+        self.record(out, added, len(ids), samples)
         return out
 
-    def record(self, out: Any, added: dict[str, torch.Tensor], batch_size: int) -> None:
+    def record(
+        self,
+        out: Any,
+        added: dict[str, torch.Tensor],
+        batch_size: int,
+        samples: tuple[float, ...] = (),
+    ) -> None:
         r = self.recording
         flat = flatten({} if out is None else out if isinstance(out, dict) else {"loss": out})
+        if "tot" in flat:  # total_key="tot": the library logs the model's total as "loss"
+            flat["loss"] = flat.pop("tot")
         flat.update(added)
         r.steps.append(
             Step(
@@ -401,6 +441,7 @@ class Net(nn.Module):
                 training=r.training,
                 where=r.where,
                 added_metrics=frozenset({"frac"} & set(added)),
+                samples=samples,
             )
         )
 
@@ -410,6 +451,32 @@ class Net(nn.Module):
         if len(args) == 3:  # call="positional" (or "auto" with a tuple batch)
             return self.losses(*args)
         return self.losses(*unpack(args[0]))  # call="batch"
+
+
+def r_training(net: Net) -> bool:
+    return net.recording.training
+
+
+def first_logit(predictions: Any, batch: Any) -> tuple[torch.Tensor]:
+    """``metric_inputs``: what the ``m0`` metric averages (module level: recorded by name)."""
+    return (predictions["logits"][:, 0],)
+
+
+class SampleMean(torchmetrics.Metric):
+    """The mean over samples of what it is updated with, in float64 (torchmetrics' MeanMetric
+    casts its inputs to the metric's dtype, which is float32 again once the module moved)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, values: torch.Tensor) -> None:
+        self.total += values.double().sum()
+        self.count += values.numel()
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count
 
 
 class BatchNet(Net):
@@ -430,15 +497,56 @@ def call_net(model: Net, batch: Any) -> Any:
     return model.losses(*unpack(batch))
 
 
+class CountingSGD(torch.optim.SGD):
+    """SGD that counts its steps (a route's optimizer)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.steps = 0
+
+    def step(self, closure: Any = None) -> Any:
+        self.steps += 1
+        return super().step(closure)
+
+
 class Recorded(LossDictModule):
-    """Subclass mode: ``forward(batch)`` of a LossDictModule around :class:`Net`."""
+    """Subclass mode: ``forward(batch)`` of a LossDictModule around :class:`Net`; with
+    ``config.routes``, ``main`` and the total on optimizers of their own, each with a
+    scheduler stepping every optimizer step, joint or taking turns."""
 
     def __init__(self, config: Config, recording: Recording, **options: Any) -> None:
         super().__init__(**options)
         self.inner = Net(config, recording)
+        self.config = config
+        self.route_optimizers: dict[str, CountingSGD] = {}
+        self.schedulers: dict[str, Any] = {}
 
     def forward(self, batch: Any) -> Any:
         return self.inner.losses(*unpack(batch))
+
+    def configure_optimizers(self) -> Any:
+        if self.config.routes is None:
+            return super().configure_optimizers()
+        routes: dict[str, Any] = {}
+        for (route, parameter), frequency in zip(
+            (("main", self.inner.net.weight), ("loss", self.inner.net.bias)), self.config.routes
+        ):
+            optimizer = self.route_optimizers[route] = CountingSGD([parameter], lr=0.1)
+            scheduler = self.schedulers[route] = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+            routes[route] = {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            }
+            if frequency:
+                routes[route]["frequency"] = frequency
+        return routes
+
+    def step_counts(self) -> dict[str, tuple[int, int]]:
+        """Each route's optimizer steps and scheduler steps."""
+        return {
+            route: (optimizer.steps, self.schedulers[route].last_epoch)
+            for route, optimizer in self.route_optimizers.items()
+        }
 
 
 def make_module(c: Config, recording: Recording) -> LossDictModule:
@@ -448,6 +556,16 @@ def make_module(c: Config, recording: Recording) -> LossDictModule:
         loss_keys=loss_keys,
         optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
     )
+    if c.form == "total":
+        options["total_key"] = "tot"
+    if c.sequential:
+        options["route_mode"] = "sequential"
+    if c.metric:
+        options.update(metrics={"m0": SampleMean()}, metric_inputs=first_logit)
+    if c.weighting is not None:
+        from lightning_losses.weighting import DynamicWeightAverage
+
+        options["weighting"] = DynamicWeightAverage(c.terms(), temperature=c.weighting)
     if c.wrap is None:
         return Recorded(c, recording, **options)
     call: Any = call_net if c.wrap == "callable" else c.wrap
@@ -626,11 +744,55 @@ def metrics_csv(root: Path, name: str) -> Path:
     return root / name / "version_0" / "metrics.csv"
 
 
+def route_steps(c: Config, steps: Sequence[Step]) -> dict[str, tuple[int, int]]:
+    """Each route's (optimizer, scheduler) steps in one fit: at every optimizer step of the fit
+    (the last batch of an accumulation group or of an epoch) whose batch had something to learn
+    (a batch that returned None steps nothing), every route, or with turns the route whose turn
+    ``global_step`` is (``frequency`` consecutive steps each, in the order given, API.md §8); a
+    scheduler steps with its own route's optimizer."""
+    assert c.routes is not None
+    out = {"main": 0, "loss": 0}
+    cycle = sum(c.routes)
+    for s in steps:
+        b = s.where[2]
+        stepping = (b + 1) % c.accumulate_grad_batches == 0 or b == c.batches_per_epoch - 1
+        if s.where[0] != "train" or not stepping or not s.values:
+            continue
+        for route, first in (("main", True), ("loss", False)):
+            if cycle == 0 or (s.global_step % cycle < c.routes[0]) == first:
+                out[route] += 1
+    return {r: (n, n) for r, n in out.items()}
+
+
+def merge_passes(steps: Sequence[Step]) -> list[Step]:
+    """``route_mode="sequential"`` runs forward once per route (``main``, then the total's
+    route ``loss``, which owns every other term): a batch's values are each term from its own
+    route's pass and every metric from the first pass."""
+    merged: list[Step] = []
+    terms: set[str] = set()  # names that carried a gradient in training so far
+    i = 0
+    while i < len(steps):
+        group = [steps[i]]
+        while i + len(group) < len(steps) and steps[i + len(group)].where == steps[i].where:
+            group.append(steps[i + len(group)])
+        i += len(group)
+        first, last = group[0], group[-1]
+        if len(group) == 1:
+            merged.append(first)
+            continue
+        terms |= first.requires_grad | last.requires_grad
+        values = {k: v for k, v in first.values.items() if k not in terms or k == "main"}
+        values.update({k: v for k, v in last.values.items() if k in terms and k != "main"})
+        grad = (first.requires_grad & {"main"}) | (last.requires_grad - {"main"})
+        merged.append(dataclasses.replace(first, values=values, requires_grad=frozenset(grad)))
+    return merged
+
+
 def run_experiment(c: Config, root: Path) -> list[str]:
     """Runs every call of ``c`` on one module; returns every difference found."""
     recording = Recording()
     model = make_module(c, recording)
-    ref = Reference(c.loss_weights(), c.selection()[1])
+    ref = c.reference()
     loaders = val_loaders(c)
     problems: list[str] = []
 
@@ -683,8 +845,14 @@ def run_experiment(c: Config, root: Path) -> list[str]:
         recording.steps = []
         train_loader = loader(c, c.n_train, c.train_batch_size, 0, c.seed)
         trainer.fit(model, train_loader, loaders)
-        expected = ref.fit(recording.steps, c.loop())
+        steps = merge_passes(recording.steps) if c.sequential else recording.steps
+        expected = ref.fit(steps, c.loop())
         problems.extend(compare_callback_metrics(name, expected.callback, trainer))
+        if isinstance(model, Recorded) and c.routes is not None:
+            # (each fit configures fresh optimizers and schedulers)
+            want, got = route_steps(c, steps), model.step_counts()
+            if got != want:
+                problems.append(f"{name}: (optimizer, scheduler) steps {got}, expected {want}")
         return trainer, expected
 
     fit_trainer, fit_expected = fit("fit")
@@ -733,7 +901,8 @@ def configs(draw: Callable[..., Any]) -> Config:
         if isinstance(limit_train, int)
         else int(full * limit_train)
     )
-    accumulate = draw(st.integers(1, 3))
+    sequential = draw(st.integers(0, 3)) == 0  # (if routes are drawn: no accumulation then)
+    accumulate = 1 if sequential else draw(st.integers(1, 3))
     max_epochs = draw(st.integers(1, 3))
     steps_per_epoch = math.ceil(per_epoch / accumulate)
     max_steps = draw(st.just(-1) | st.integers(1, steps_per_epoch * max_epochs))
@@ -745,7 +914,7 @@ def configs(draw: Callable[..., Any]) -> Config:
     limit_val = draw(
         st.none() | st.integers(1, 3) | st.just(0.5).filter(lambda f: int(smallest * f) >= 1)
     )
-    form = draw(st.sampled_from(["scalar", "dict", "loss_dict"]))
+    form = draw(st.sampled_from(["scalar", "dict", "loss_dict", "total"]))
     nested = form == "dict" and draw(st.booleans())
     calls = st.lists(st.sampled_from(["validate", "test"]), max_size=2).map(tuple)
     before_fit = draw(calls)
@@ -759,26 +928,40 @@ def configs(draw: Callable[..., Any]) -> Config:
     metrics_allowed = form != "scalar" and not (form == "loss_dict" and before_fit)
     metrics = draw(st.sets(st.sampled_from(["acc", "det"]))) if metrics_allowed else set()
     added = form == "dict" and draw(st.booleans())
+    routed = form == "dict" and draw(st.booleans())
+    routes = (
+        (0, 0)
+        if routed and sequential
+        else draw(st.sampled_from([(0, 0), (1, 1), (2, 1), (1, 3)]))
+        if routed
+        else None
+    )  # joint, or turns of these frequencies
     terms = {
         "scalar": ["loss"],
         "loss_dict": ["loss"],
+        "total": ["loss"],
         "dict": ["main", "extra/aux" if nested else "aux"],
     }[form]
     terms += ["reg"] if added else []
     # a weight on "acc" applies only where acc is a term (validate/test before any training)
     weighted = terms + (["acc"] if "acc" in metrics and loss_keys is None else [])
     weights = []
-    for t in weighted:
+    for t in weighted if form != "total" else []:
         w = draw(st.none() | st.sampled_from(WEIGHTS))
         if w is not None:
             glob = t != "acc" and form == "dict" and draw(st.booleans())
             weights.append((GLOBS[t] if glob else t, w))
-    wrap = draw(st.none() | st.sampled_from(WRAPS))
+    wrap = None if routes else draw(st.none() | st.sampled_from(WRAPS))
+    weighting = (
+        draw(st.none() | st.sampled_from([1.0, 2.0])) if form == "dict" and not routes else None
+    )
     dict_batches = draw(st.booleans())
     if wrap == "positional":
         dict_batches = False
     if wrap == "keyword":
         dict_batches = True
+    # (None beside add_metric alone would be a step with metrics and no term: an error)
+    none_batches = not added and draw(st.booleans())
     interval = draw(st.just(1.0) | st.sampled_from([0.25, 0.5]) | st.integers(1, per_epoch))
     early = draw(st.none() | st.tuples(st.integers(0, 1), st.sampled_from([None, False, True])))
     return Config(
@@ -808,13 +991,17 @@ def configs(draw: Callable[..., Any]) -> Config:
         detach_aux=form == "dict" and draw(st.booleans()),
         fit_twice=draw(st.booleans()),
         # (None beside add_metric alone would be a step with metrics and no term: an error)
-        none_batches=not added and draw(st.booleans()),
+        none_batches=none_batches,
         wrap=wrap,
         dict_batches=dict_batches,
         added=added,
         loss_keys=loss_keys,
         check_val_every_n_epoch=draw(st.integers(1, 2)),
         early_stopping=early,
+        weighting=weighting,
+        routes=routes,
+        metric=form in ("dict", "total") and not none_batches and draw(st.booleans()),
+        sequential=routes is not None and sequential,
     )
 
 
@@ -924,12 +1111,162 @@ NEVER_TRAINED = Config(  # aux never in a training batch: a term before fit, a m
     none_batches=True,
 )
 
+WRAPPED = Config(  # wrap mode, dict batches, add_loss/add_metric, glob loss_keys and weights,
+    # validation twice an epoch every other epoch, EarlyStopping at validation end
+    seed=1,
+    n_train=8,
+    train_batch_size=2,
+    limit_train_batches=0.75,
+    accumulate_grad_batches=1,
+    log_every_n_steps=2,
+    max_epochs=3,
+    max_steps=-1,
+    stop_after_batches=None,
+    val_sizes=(4, 5),
+    val_batch_sizes=(2, 2),
+    limit_val_batches=0.5,
+    val_check_interval=0.5,
+    num_sanity_val_steps=2,
+    form="dict",
+    nested=True,
+    aux_every=2,
+    metrics=("acc",),
+    passthrough=True,
+    weights=(("ma*", "schedule"), ("re?", "2.5")),
+    before_fit=("val",),
+    after_fit=("test",),
+    reuse_fit_trainer=True,
+    wrap="keyword",
+    dict_batches=True,
+    added=True,
+    loss_keys="globs",
+    check_val_every_n_epoch=2,
+    early_stopping=(0, None),
+    metric=True,
+)
+ROUTED = Config(  # per-key optimizers taking turns, accumulation, a stop mid-accumulation
+    seed=2,
+    n_train=10,
+    train_batch_size=1,
+    limit_train_batches=None,
+    accumulate_grad_batches=2,
+    log_every_n_steps=3,
+    max_epochs=2,
+    max_steps=-1,
+    stop_after_batches=13,
+    val_sizes=(3,),
+    val_batch_sizes=(2,),
+    limit_val_batches=None,
+    val_check_interval=4,
+    num_sanity_val_steps=0,
+    form="dict",
+    nested=False,
+    aux_every=2,
+    metrics=("det",),
+    passthrough=False,
+    weights=(("aux", "0.5"),),
+    before_fit=(),
+    after_fit=("val",),
+    reuse_fit_trainer=True,
+    routes=(2, 1),
+)
+WEIGHTED = Config(  # DynamicWeightAverage over 3 epochs (its weights move in the third), an
+    # accuracy and an added metric under the default sanity check, validate() before training
+    seed=3,
+    n_train=6,
+    train_batch_size=2,
+    limit_train_batches=None,
+    accumulate_grad_batches=1,
+    log_every_n_steps=2,
+    max_epochs=3,
+    max_steps=-1,
+    stop_after_batches=None,
+    val_sizes=(4,),
+    val_batch_sizes=(3,),
+    limit_val_batches=None,
+    val_check_interval=1.0,
+    num_sanity_val_steps=2,
+    form="dict",
+    nested=False,
+    aux_every=1,
+    metrics=("acc",),
+    passthrough=False,
+    weights=(("aux", "0.5"),),
+    before_fit=("val",),
+    after_fit=(),
+    reuse_fit_trainer=False,
+    added=True,
+    weighting=2.0,
+    early_stopping=(1, True),
+)
+TOTAL_KEY = Config(  # total_key: the model's own total, its parts and an accuracy as metrics;
+    # a torchmetrics metric on the eval-mode predictions
+    seed=0,
+    n_train=7,
+    train_batch_size=2,
+    limit_train_batches=None,
+    accumulate_grad_batches=1,
+    log_every_n_steps=3,
+    max_epochs=2,
+    max_steps=5,
+    stop_after_batches=None,
+    val_sizes=(3,),
+    val_batch_sizes=(1,),
+    limit_val_batches=None,
+    val_check_interval=1.0,
+    num_sanity_val_steps=2,
+    form="total",
+    nested=False,
+    aux_every=2,
+    metrics=("acc",),
+    passthrough=True,
+    weights=(),
+    before_fit=("test",),
+    after_fit=("val",),
+    reuse_fit_trainer=True,
+    wrap="auto",
+    metric=True,
+)
+
+SEQUENTIAL = Config(  # route_mode="sequential": forward once per route, each term from its pass
+    seed=1,
+    n_train=7,
+    train_batch_size=2,
+    limit_train_batches=None,
+    accumulate_grad_batches=1,
+    log_every_n_steps=3,
+    max_epochs=2,
+    max_steps=-1,
+    stop_after_batches=6,
+    val_sizes=(3,),
+    val_batch_sizes=(2,),
+    limit_val_batches=None,
+    val_check_interval=2,
+    num_sanity_val_steps=0,
+    form="dict",
+    nested=False,
+    aux_every=2,
+    metrics=("acc", "det"),
+    passthrough=False,
+    weights=(("aux", "schedule"),),
+    before_fit=(),
+    after_fit=("test",),
+    reuse_fit_trainer=True,
+    added=True,
+    routes=(0, 0),
+    sequential=True,
+)
+
 
 @pytest.mark.filterwarnings("ignore")  # Lightning's advice on tiny loaders is not the subject
 @settings(
     max_examples=200,
     deadline=None,
     derandomize=True,
+    # no shrinking: a failure prints its whole configuration, and shrinking runs Trainers
+    # for minutes
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    report_multiple_bugs=False,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(config=configs())
@@ -937,6 +1274,11 @@ NEVER_TRAINED = Config(  # aux never in a training batch: a term before fit, a m
 @example(config=SCALAR)
 @example(config=HUGGINGFACE)
 @example(config=NEVER_TRAINED)
+@example(config=WRAPPED)
+@example(config=ROUTED)
+@example(config=WEIGHTED)
+@example(config=TOTAL_KEY)
+@example(config=SEQUENTIAL)
 def test_every_logged_value_matches_the_reference(config: Config) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         try:
