@@ -55,6 +55,14 @@ def last_batch_labels(trainer: pl.Trainer) -> tuple[int, int]:
     return max(step, 0), max(trainer.current_epoch - 1, 0)
 
 
+def as_tensors(values: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """Python numbers as 0-dim float64 tensors (what monitors read from ``callback_metrics``):
+    one tensor and its views, where a tensor per name costs a microsecond each."""
+    if not values:
+        return {}
+    return dict(zip(values, torch.tensor(list(values.values()), dtype=torch.float64).unbind()))
+
+
 def publish_step_metrics(
     trainer: pl.Trainer,
     metrics: Mapping[str, float],
@@ -71,7 +79,7 @@ def publish_step_metrics(
     """
     if not metrics:
         return
-    tensors = {name: torch.tensor(value, dtype=torch.float64) for name, value in metrics.items()}
+    tensors = as_tensors(metrics)
     connector = trainer._logger_connector
     if labels is None:
         connector.log_metrics(tensors)
@@ -158,7 +166,7 @@ def publish_eval_metrics(trainer: pl.Trainer, per_loader: Sequence[Mapping[str, 
     outputs: list[dict[str, Any]] = loop._logged_outputs
     connector = trainer._logger_connector
     for index, means in enumerate(per_loader):
-        tensors = {name: torch.tensor(value, dtype=torch.float64) for name, value in means.items()}
+        tensors = as_tensors(means)
         while len(outputs) <= index:  # a loader that ran no batch has no dict yet
             outputs.append({})
         outputs[index].update(tensors)

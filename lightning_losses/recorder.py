@@ -138,9 +138,7 @@ class Recorder:
         epoch_means = {f"{name}{EPOCH_SUFFIX}": value for name, value in train.items()}
         # As Lightning's own on_step + on_epoch logging does: after the epoch, the plain name
         # holds the epoch mean for monitors (which run after this hook), not the last window.
-        trainer.callback_metrics.update(
-            {name: torch.tensor(value, dtype=torch.float64) for name, value in train.items()}
-        )
+        trainer.callback_metrics.update(_lightning.as_tensors(train))
         self.summaries.define(trainer, epoch_means, self.log.kind_of)
         # self.log (not a direct logger write) so that these land in Lightning's own epoch-end
         # row and callbacks can monitor them. The values are already means over all ranks, the
