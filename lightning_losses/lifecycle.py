@@ -299,12 +299,8 @@ class Lifecycle:
             return _FULL_PATH
         finally:
             fastpath.set_grad_enabled(True)
-        bar = self._bar
-        if bar is not None:
-            for (name, _), view in zip(plan.bar_columns, plan.bar_views[row]):
-                lazy = self._lazy.get(name) or self._lazy.setdefault(name, LazyValue())
-                lazy.source = view
-                bar[name] = lazy
+        if self._bar is not None:
+            self._show(plan.bar_columns, plan.bar_views[row])
         log.session.window_open = True
         if self._writes.due():
             self._write_window(self._trainer)
@@ -338,21 +334,9 @@ class Lifecycle:
         if sequential:
             self.routing.pend(parsed)
         else:
-            self.recorder.record(
-                "train",
-                parsed,
-                plan,
-                combined,
-                self.module.device,
-                step=step,
-                check_nonfinite=guards.nonfinite == "raise",
-            )
-            bar = self._bar
-            if bar is not None:
-                for (name, _), view in zip(plan.bar_columns, plan.buffer_bar_views):
-                    lazy = self._lazy.get(name) or self._lazy.setdefault(name, LazyValue())
-                    lazy.source = view
-                    bar[name] = lazy
+            self._record_train(parsed, plan, combined, step)
+            if self._bar is not None:
+                self._show(plan.bar_columns, plan.buffer_bar_views)
             if self._fast is not None and type(output) is dict:
                 fast = fastpath.build(
                     output, parsed, plan, self.weighting is not None, combined.losses
@@ -423,6 +407,11 @@ class Lifecycle:
         combined = (
             self.total.combine(plan, stack_terms(parsed.terms), step) if parsed.terms else None
         )
+        self._record_train(parsed, plan, combined, step)
+
+    def _record_train(
+        self, parsed: ParsedOutput, plan: Any, combined: Combined | None, step: int
+    ) -> None:
         self.recorder.record(
             "train",
             parsed,
@@ -432,6 +421,15 @@ class Lifecycle:
             step=step,
             check_nonfinite=self.guards.nonfinite == "raise",
         )
+
+    def _show(self, columns: tuple[tuple[str, int], ...], views: Any) -> None:
+        """The progress bar's values of this step: lazy views of its recorded values."""
+        bar, lazies = self._bar, self._lazy
+        assert bar is not None
+        for (name, _), view in zip(columns, views):
+            lazy = lazies.get(name) or lazies.setdefault(name, LazyValue())
+            lazy.source = view
+            bar[name] = lazy
 
     def _objective(
         self, names: tuple[str, ...], terms: list[Tensor], combined: Combined, trainer: Any
