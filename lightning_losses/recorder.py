@@ -205,8 +205,8 @@ class LazyValue:
     def __format__(self, spec: str) -> str:
         return format(float(self), spec)
 
-    def __str__(self) -> str:
-        return str(float(self))
+    def __str__(self) -> str:  # (a bar that formats what is not a float itself: rich's)
+        return format(float(self), ".4g")
 
     __repr__ = __str__
 
