@@ -39,8 +39,9 @@ from lightning_losses import (
     fastpath,
     hparams,
 )
-from lightning_losses.calling import ModelCall, describe_batch
+from lightning_losses.calling import ModelCall
 from lightning_losses.diagnostics import GradientDiagnostics, gradient_statistics
+from lightning_losses.evaluating import Evaluation, StepOutput, step_output
 from lightning_losses.guards import (
     Guards,
     NonFinite,
@@ -51,7 +52,6 @@ from lightning_losses.recorder import (
     LazyValue,
     Recorder,
     skipped_steps_metric,
-    warn_untrained_eval,
 )
 from lightning_losses.routing import config as routing_config
 from lightning_losses.routing.session import RouteMode, RoutingSession, is_routed, translate
@@ -71,7 +71,6 @@ from lightning_losses.weights import LossWeights, WeightValue
 STAGES = ("train", "val", "test")
 #: What ``_fast_step`` returns when the full path must take the step.
 _FULL_PATH = object()
-StepOutput = Tensor | dict[str, Any] | None
 
 
 def check_arguments(
@@ -157,9 +156,14 @@ class Lifecycle:
         self.recorder = Recorder(self.weights, prog_bar)
         self.routing = RoutingSession(route_mode)
         self.model_call = ModelCall(call)
-        evaluation.check_eval_losses(eval_losses)
-        self.eval_losses = eval_losses
-        self.metrics = None if metrics is None else evaluation.EvalMetrics(metrics, metric_inputs)
+        self.evaluation = Evaluation(
+            module,
+            self.select,
+            self.recorder,
+            self.total,
+            eval_losses,
+            None if metrics is None else evaluation.EvalMetrics(metrics, metric_inputs),
+        )
         self.aggregator = aggregator
         self.shared = SharedParameters(shared_parameters)
         #: Optional terms under DDP/FSDP2: zero gradients where the objective does not reach.
@@ -170,7 +174,6 @@ class Lifecycle:
             else None
         )
         self._undiagnosable: set[tuple[str, ...]] = set()  # key sets warned about
-        self._warned_untrained: set[str] = set()
         self._checked_unmatched = False
         self._epoch_just_ended = False
         self._step_at_batch_start = 0
@@ -222,7 +225,7 @@ class Lifecycle:
         if stage != "train":
             if loader is None:
                 loader = _lightning.current_dataloader_idx(trainer)
-            return self._evaluation_step(output, stage, batch, loader, trainer)
+            return self.evaluation.step(output, stage, batch, loader, trainer)
         routing = self.routing
         passing = routing.sequential_pass()
         if passing is not None and not routing.last_pass():
@@ -351,52 +354,6 @@ class Lifecycle:
                     self._fast.put(tuple(output), fast)
         return step_output(objective, parsed)
 
-    def _evaluation_step(
-        self, output: Any, stage: str, batch: Any, loader: int, trainer: Any
-    ) -> StepOutput:
-        parsed = parse_output(output, self.select, stage)
-        if parsed is None or not parsed.terms:
-            if parsed is not None and parsed.metrics:
-                self._record_eval(stage, parsed, None, batch, loader, trainer)
-            return step_output(None, parsed)
-        select = self.select
-        if (
-            not select.explicit
-            and select.total_key is None
-            and not select.trained
-            and (len(parsed.terms) > 1 or parsed.metrics)  # a lone value can only be the loss
-            and not self._warned_untrained
-            and not (trainer is not None and trainer.sanity_checking)
-        ):
-            # once, and only where the guess can be wrong and shows: a name nothing in the
-            # configuration calls a term, beside other values, in a validate()/test() before
-            # training (the sanity check's values are never written)
-            warn_untrained_eval(
-                stage, [n for n in parsed.terms if select.guessed(n)], self._warned_untrained
-            )
-        plan = self.recorder.plan(stage, parsed, loader, self.weighting is not None, trainer)
-        step = trainer.global_step if trainer is not None else 0
-        combined = self.total.combine(plan, stack_terms(parsed.terms), step)
-        self._record_eval(stage, parsed, combined, batch, loader, trainer, plan)
-        return step_output(combined.total, parsed)
-
-    def _record_eval(
-        self,
-        stage: str,
-        parsed: ParsedOutput,
-        combined: Combined | None,
-        batch: Any,
-        loader: int,
-        trainer: Any,
-        plan: Any = None,
-    ) -> None:
-        if plan is None:
-            plan = self.recorder.plan(stage, parsed, loader, self.weighting is not None, trainer)
-        batch_size = float(self.module.get_batch_size(batch))
-        self.recorder.record(
-            stage, parsed, plan, combined, self.module.device, loader=loader, batch_size=batch_size
-        )
-
     def _record_passes(self, trainer: Any) -> None:
         """route_mode="sequential": the batch's values, gathered over its passes, as one step."""
         parsed = self.routing.take_passes()
@@ -495,33 +452,6 @@ class Lifecycle:
             trainer, self.module.device, extra, to_callbacks=to_callbacks, labels=labels
         )
         self.guards.raise_if_nonfinite(reduced, trainer.world_size)
-
-    def evaluate(self, batch: Any, stage: str, loader: int) -> StepOutput:
-        """One evaluation batch: its losses (as ``eval_losses`` says) and ``metrics`` updates."""
-        module, metrics = self.module, self.metrics
-        if self.eval_losses == "train_forward":
-            with evaluation.training_mode_losses(module):
-                output = module(batch)
-            result = module.total_loss(output, stage, batch, loader)
-            if metrics is not None:
-                metrics.update(stage, loader, module(batch), batch)
-            return result
-        output = module(batch)
-        if metrics is not None:
-            metrics.update(stage, loader, output, batch)
-        if self.eval_losses is None:
-            return None
-        if isinstance(output, (list, tuple)) or (
-            isinstance(output, Tensor) and not (output.dim() == 0 and output.is_floating_point())
-        ):
-            raise TypeError(
-                f"{stage}: forward returned {describe_batch(output, depth=1)} in eval mode, "
-                "not losses: the model predicts in eval mode. Expected eval_losses="
-                "'train_forward' (losses from a training-mode forward that changes neither "
-                "BatchNorm statistics nor the random state) with metrics= for the predictions, "
-                "or eval_losses=None for metrics only"
-            )
-        return module.total_loss(output, stage, batch, loader)
 
     def after_step(self, weighting: ScalarizerWeighting, batch: Any) -> None:
         """FAMO's update: the batch's losses recomputed after the model's step (a forward
@@ -703,44 +633,16 @@ class Lifecycle:
         self.recorder.log.begin("test")
 
     def on_validation_epoch_start(self) -> None:
-        self._begin_eval("val")
+        self.evaluation.begin("val")
 
     def on_test_epoch_start(self) -> None:
-        self._begin_eval("test")
-
-    def _begin_eval(self, stage: str) -> None:
-        loaders = _lightning.num_eval_dataloaders(self.module.trainer, stage)
-        self.recorder.log.begin_eval(stage, loaders)
-        if self.metrics is not None:
-            self.metrics.begin(stage, loaders)
+        self.evaluation.begin("test")
 
     def on_validation_epoch_end(self) -> None:
-        self._end_eval("val")
+        self.evaluation.end("val")
 
     def on_test_epoch_end(self) -> None:
-        self._end_eval("test")
-
-    def _end_eval(self, stage: str) -> None:
-        module = self.module
-        trainer = module.trainer
-        per_loader = self.recorder.end_eval(stage, module.device)
-        if trainer.sanity_checking:
-            if self.metrics is not None:
-                self.metrics.discard(stage)
-            return  # Lightning writes nothing of the sanity check either
-        if self.metrics is not None:
-            for loader, values in self.metrics.compute(stage).items():
-                while len(per_loader) <= loader:
-                    per_loader.append({})
-                clash = sorted(set(values) & set(per_loader[loader]))
-                if clash:
-                    raise ValueError(
-                        f"metrics log {', '.join(map(repr, clash))}, which forward also returns; "
-                        "expected distinct names (rename the metric in a mapping or "
-                        "MetricCollection)"
-                    )
-                per_loader[loader].update(values)
-        self.recorder.publish_eval(trainer, per_loader)
+        self.evaluation.end("test")
 
     def on_validation_batch_start(self, batch: Any, batch_idx: int, loader: int = 0) -> None:
         context.open_step(self.module, fresh=True)
@@ -759,20 +661,6 @@ class Lifecycle:
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint_state.load(self, checkpoint)
-
-
-def step_output(total: Tensor | None, parsed: ParsedOutput | None) -> StepOutput:
-    """What a ``*_step`` returns: the total, with any pass-through outputs beside it.
-
-    A pass-through output named ``loss`` (a tensor of shape (1,), an HF model's ``loss=None``) is
-    dropped: under that name Lightning backpropagates, and only the total may be there.
-    """
-    if parsed is None or not parsed.outputs:
-        return total
-    outputs = {name: value for name, value in parsed.outputs.items() if name != "loss"}
-    if total is None:
-        return outputs or None
-    return {"loss": total, **outputs} if outputs else total
 
 
 __all__ = ["STAGES", "Lifecycle", "StepOutput", "WeightValue", "step_output"]

@@ -248,7 +248,7 @@ class LossDictModule(pl.LightningModule):
     def evaluate(self, batch: Any, stage: Stage = "val", dataloader_idx: int = 0) -> StepOutput:
         """One evaluation batch: its losses (as ``eval_losses`` says) and ``metrics`` updates.
         This is the whole of the provided ``validation_step`` and ``test_step``."""
-        return self._lifecycle.evaluate(batch, stage, dataloader_idx)
+        return self._lifecycle.evaluation.evaluate(batch, stage, dataloader_idx)
 
     def get_batch_size(self, batch: Any) -> int:
         """The weight of a batch in ``val/`` and ``test/`` epoch means: its number of samples
