@@ -103,6 +103,32 @@ class MultiTask(LossDictModule):
         return out
 
 
+def run_hung_safe(args: list[str], timeout: float, what: str) -> str:
+    """Run a multi-process job (a script in a subprocess) and return its output; a job that
+    hangs is killed with every rank it started and fails the test instead of stalling CI."""
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("LOCAL_RANK", None)
+    process = subprocess.Popen(
+        [sys.executable, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: a timeout kills every rank
+    )
+    try:
+        log, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        log, _ = process.communicate()
+        pytest.fail(f"{what} hung for {timeout}s:\n{log[-3000:]}")
+    return log
+
+
 @pytest.fixture
 def memory_logger() -> MemoryLogger:
     return MemoryLogger()

@@ -7,16 +7,13 @@ returned, parameters from replaying DDP's averaged SGD steps in this process.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_hung_safe
 from ddp_job import RankSteps  # noqa: F401  (the scenario whose values the reference replays)
 from torch import nn
 from torch.utils.data import DistributedSampler
@@ -71,22 +68,11 @@ def _run_batch(out: Path) -> dict[str, list[dict] | str]:
 def _run_job_once(
     scenarios: list[str], out: Path, strategy: str, timeout: int = TIMEOUT
 ) -> tuple[dict[str, list[dict] | str], dict | None, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    env.pop("LOCAL_RANK", None)
-    process = subprocess.Popen(
-        [sys.executable, str(JOB), *scenarios, "--out", str(out), "--strategy", strategy],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: a timeout kills every rank
+    log = run_hung_safe(
+        [str(JOB), *scenarios, "--out", str(out), "--strategy", strategy],
+        timeout,
+        f"DDP job {scenarios}",
     )
-    try:
-        log, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        log, _ = process.communicate()
-        pytest.fail(f"DDP job {scenarios} hung for {timeout}s:\n{log[-3000:]}")
     ranks = {}
     for scenario in scenarios:
         launcher = out / scenario / "launcher.json"

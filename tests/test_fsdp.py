@@ -9,15 +9,12 @@ where one is written here.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_hung_safe
 from test_ddp import regression_batches
 
 pytestmark = [
@@ -49,22 +46,7 @@ def runs(tmp_path_factory) -> dict[str, list[dict]]:
     out = tmp_path_factory.mktemp("fsdp")
     jobs = [f"{s}:{strategy}" for s in SCENARIOS for strategy in ("ddp", "fsdp2")]
     jobs += [f"{s}:fsdp2" for s in NESTED]  # last: two of them raise
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    env.pop("LOCAL_RANK", None)
-    process = subprocess.Popen(
-        [sys.executable, str(JOB), "--out", str(out), *jobs],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: a timeout kills every rank
-    )
-    try:
-        log, _ = process.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        log, _ = process.communicate()
-        pytest.fail(f"FSDP job hung for {TIMEOUT}s:\n{log[-3000:]}")
+    log = run_hung_safe([str(JOB), "--out", str(out), *jobs], TIMEOUT, "FSDP job")
     records: dict[str, list[dict]] = {}
     for folder in sorted(p for p in out.iterdir() if p.is_dir() and p.name != "checkpoints"):
         files = sorted(folder.glob("rank*.json"))
