@@ -36,7 +36,7 @@ def run_rank(variant: str, steps: int, out: Path) -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
     from lightning_losses import LossDictModule
-    from lightning_losses.absent_terms import AbsentTerms
+    from lightning_losses.distributed.absent_terms import AbsentTerms
 
     if variant == "find_unused":  # the library's part off: DDP finds them itself
         AbsentTerms.cover = lambda self, module, names, objective: objective  # type: ignore

@@ -3,10 +3,10 @@
 Importing this package never imports ``wandb`` (an optional extra).
 """
 
-from lightning_losses.context import add_loss, add_metric
 from lightning_losses.module import LossDictModule
 from lightning_losses.routing import RouteConfig, RouteMap
-from lightning_losses.terms import flatten, parse_output
+from lightning_losses.terms.added import add_loss, add_metric
+from lightning_losses.terms.parse import flatten, parse_output
 from lightning_losses.weighting import Weighting
 
 __all__ = [

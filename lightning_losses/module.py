@@ -1,8 +1,8 @@
 """``LossDictModule``: the public surface. Its constructor, public methods and a table of hooks
-that delegate to :class:`~lightning_losses.lifecycle.Lifecycle`, where each decision is made.
+that delegate to ``session.lifecycle.Lifecycle``, where each decision is made.
 
-A subclass may override any hook without ``super()``: :mod:`lightning_losses.overrides` runs the
-library's part of it anyway, exactly once.
+A subclass may override any hook without ``super()``: ``session.hooks`` runs the library's part
+of it anyway, exactly once.
 """
 
 from __future__ import annotations
@@ -17,13 +17,17 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from lightning_losses import _lightning, evaluation, hparams, overrides, routing
-from lightning_losses.calling import Call
-from lightning_losses.guards import NonFinite
-from lightning_losses.lifecycle import Lifecycle, StepOutput, check_arguments
+from lightning_losses import _lightning, routing
+from lightning_losses.checkpoints import hparams
+from lightning_losses.evaluation import predictions as evaluation
+from lightning_losses.evaluation.batches import batch_size
 from lightning_losses.routing.session import RouteMode
-from lightning_losses.terms import TOTAL, LossKeys, describe
-from lightning_losses.weights import WeightValue
+from lightning_losses.session import hooks as overrides
+from lightning_losses.session.guards import NonFinite
+from lightning_losses.session.lifecycle import Lifecycle, StepOutput, check_arguments
+from lightning_losses.terms.calling import Call
+from lightning_losses.terms.parse import TOTAL, LossKeys, describe
+from lightning_losses.weighting.static import WeightValue
 
 Stage = Literal["train", "val", "test"]
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
@@ -85,7 +89,7 @@ class LossDictModule(pl.LightningModule):
             and checkpointed with the model.
         aggregator: combines the terms' gradients on the shared parameters: a callable from
             the ``[K, P]`` Jacobian to a ``[P]`` gradient, such as torchjd's ``UPGrad()``
-            (see :mod:`lightning_losses.aggregation`).
+            (see :mod:`lightning_losses.gradients.aggregation`).
         optimizer: ``params -> Optimizer``, used by the default ``configure_optimizers``.
         lr_scheduler: ``optimizer -> scheduler`` (or a Lightning scheduler dict), likewise.
         nonfinite: ``"raise"``, ``"skip"`` or ``"off"``: what a non-finite loss term does.
@@ -99,7 +103,7 @@ class LossDictModule(pl.LightningModule):
         call: how a wrapped ``model`` is called with a batch: ``"auto"`` (unpack a mapping as
             keywords and a tuple as positional arguments when ``forward``'s signature takes
             them, else pass it whole), ``"batch"``, ``"positional"``, ``"keyword"``, or a
-            callable ``(model, batch) -> output`` (see :mod:`lightning_losses.calling`).
+            callable ``(model, batch) -> output`` (see :mod:`lightning_losses.terms.calling`).
         total_key: the entry that already is the model's weighted total (``"loss"`` for
             HuggingFace outputs): it is backpropagated and logged as ``train/loss``; every other
             scalar is logged under its own name and never added to it again.
@@ -252,9 +256,7 @@ class LossDictModule(pl.LightningModule):
 
     def get_batch_size(self, batch: Any) -> int:
         """The weight of a batch in ``val/`` and ``test/`` epoch means: its number of samples
-        (see :func:`lightning_losses.batches.batch_size`); override for odd batches."""
-        from lightning_losses.batches import batch_size
-
+        (see :func:`lightning_losses.evaluation.batches.batch_size`); override for odd batches."""
         return batch_size(batch)
 
     def total_loss(
@@ -355,9 +357,7 @@ class LossDictModule(pl.LightningModule):
         )
 
     # ------------------------------------------------------------------ hooks
-    # Each delegates to the Lifecycle method of the same name. The check makes a super() call
-    # from a subclass's override a no-op: its wrapper ran the library's part already.
-
+    # Each delegates to the Lifecycle method of the same name; see session/hooks.py.
     def configure_callbacks(self) -> Any:
         if _outermost(self, "configure_callbacks"):
             self._lifecycle.configure_callbacks()

@@ -15,7 +15,7 @@ from typing import Any
 
 import matplotlib
 
-from lightning_losses.names import KINDS_FILE
+from lightning_losses.logging.names import KINDS_FILE
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from lightning_losses import absent_terms
-from lightning_losses.absent_terms import AbsentTerms
+from lightning_losses.distributed import absent_terms
+from lightning_losses.distributed.absent_terms import AbsentTerms
 
 
 def heads(world_size: int) -> nn.Module:

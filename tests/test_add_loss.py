@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_losses as ll
 from lightning_losses import LossDictModule
-from lightning_losses.context import _STEP
+from lightning_losses.terms.added import _STEP
 
 X = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
 Y = torch.randn(32, generator=torch.Generator().manual_seed(1))
@@ -144,7 +144,7 @@ def test_a_name_forward_also_returns_is_an_error_naming_it():
     ],
 )
 def test_bad_values_name_the_call_and_what_was_expected(call, fragment):
-    from lightning_losses import context
+    from lightning_losses.terms import added as context
 
     owner = object()
     context.open_step(owner, fresh=True)

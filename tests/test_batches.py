@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from lightning_losses.batches import batch_size
+from lightning_losses.evaluation.batches import batch_size
 
 Pair = namedtuple("Pair", ["x", "y"])
 

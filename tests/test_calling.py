@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_losses import LossDictModule
-from lightning_losses.calling import ModelCall, decide, describe_batch
+from lightning_losses.terms.calling import ModelCall, decide, describe_batch
 
 
 def recording(signature_source):
@@ -175,7 +175,7 @@ def test_keyword_batches_train_the_same_as_positional_ones():
 
 
 def test_the_chosen_convention_is_announced_once(monkeypatch):
-    from lightning_losses import calling
+    from lightning_losses.terms import calling
 
     said: list[str] = []
     monkeypatch.setattr(calling, "rank_zero_info", said.append)

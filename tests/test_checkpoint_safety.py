@@ -22,7 +22,8 @@ from conftest import make_trainer, multitask_data
 from lightning.pytorch.core.mixins import HyperparametersMixin
 from torch import nn
 
-from lightning_losses import LossDictModule, hparams
+from lightning_losses import LossDictModule
+from lightning_losses.checkpoints import hparams
 
 ROOT = Path(__file__).resolve().parents[1]
 

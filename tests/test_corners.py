@@ -119,7 +119,7 @@ def test_a_weighting_term_list_decides_in_the_sanity_check() -> None:
 
 
 def test_summaries_follow_the_final_classification(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lightning_losses import kinds as summaries
+    from lightning_losses.logging import summaries
 
     defined: list[str] = []
     monkeypatch.setattr(
@@ -195,7 +195,7 @@ class Broken(Mapping[str, Any]):
 
 
 def test_a_mapping_that_fails_to_read_names_the_key() -> None:
-    from lightning_losses.terms import KeySelector, parse_output
+    from lightning_losses.terms.parse import KeySelector, parse_output
 
     a = torch.tensor(1.0, requires_grad=True)
     with pytest.raises(TypeError, match=r"Broken whose entry 'b' could not be read \(KeyError"):

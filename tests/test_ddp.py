@@ -371,7 +371,7 @@ def test_uncertainty_weighting_under_ddp_equals_a_single_process_replay(tmp_path
 def test_aggregator_under_ddp_equals_a_single_process_replay(tmp_path):
     from torchjd.aggregation import UPGrad
 
-    from lightning_losses.aggregation import jacobian
+    from lightning_losses.gradients.aggregation import jacobian
 
     ranks = run_job("aggregator", tmp_path)
     assert [r["exception"] for r in ranks] == [None, None]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import MemoryLogger, MultiTask, make_trainer, multitask_data
 
-from lightning_losses.diagnostics import diagnostic_names, gradient_statistics
+from lightning_losses.gradients.diagnostics import diagnostic_names, gradient_statistics
 
 
 def test_norms_and_cosines_of_known_gradients():

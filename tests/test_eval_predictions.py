@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_losses import LossDictModule
-from lightning_losses.evaluation import training_mode_losses
+from lightning_losses.evaluation.predictions import training_mode_losses
 
 TERMS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 

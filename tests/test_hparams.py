@@ -15,7 +15,8 @@ from lightning.pytorch.core.saving import load_hparams_from_yaml
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
-from lightning_losses import LossDictModule, Weighting, hparams
+from lightning_losses import LossDictModule, Weighting
+from lightning_losses.checkpoints import hparams
 from lightning_losses.weighting import UncertaintyWeighting
 
 

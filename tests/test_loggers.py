@@ -68,7 +68,7 @@ def test_a_key_that_mlflow_would_rewrite_is_named_in_a_warning(mlflow_logger):
 
 
 def test_keys_that_mlflow_would_merge_are_an_error():
-    from lightning_losses.names import NameCheck
+    from lightning_losses.logging.names import NameCheck
 
     class MLFlowLogger:  # only the type's name is read
         pass

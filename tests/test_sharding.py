@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_losses import sharding
+from lightning_losses.distributed import sharding
 from lightning_losses.routing import RoutedOptimizer, Router
 
 

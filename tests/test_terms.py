@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lightning_losses.terms import KeySelector, flatten, parse_output
+from lightning_losses.terms.parse import KeySelector, flatten, parse_output
 
 # A loss term carries a gradient in training (API.md §1); metrics are built without one below.
 SCALAR = torch.tensor(1.5, requires_grad=True)
@@ -110,7 +110,7 @@ def nested(levels, leaf, key="a"):
 
 
 def test_nesting_up_to_the_limit_flattens_and_one_more_level_names_the_path():
-    from lightning_losses.terms import MAX_NESTING
+    from lightning_losses.terms.parse import MAX_NESTING
 
     assert list(flatten(nested(MAX_NESTING, SCALAR))) == ["a/" * (MAX_NESTING - 1) + "x"]
     with pytest.raises(ValueError, match=rf"more than {MAX_NESTING} levels deep \(at 'a/a"):
@@ -144,7 +144,7 @@ def test_one_mapping_under_two_keys_is_not_a_cycle():
 
 
 def test_check_term_devices_names_every_term_and_its_device():
-    from lightning_losses.terms import check_term_devices
+    from lightning_losses.terms.parse import check_term_devices
 
     cpu, meta = torch.tensor(1.0), torch.empty((), device="meta")
     check_term_devices({"a": cpu, "b": torch.tensor(2.0)})  # one real device: no error

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lightning_losses.tracking import KeyRegistry, MeanAccumulator
+from lightning_losses.logging.accumulators import KeyRegistry, MeanAccumulator
 
 CPU = torch.device("cpu")
 

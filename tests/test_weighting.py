@@ -9,7 +9,7 @@ import torch
 from conftest import MultiTask, make_trainer, multitask_data
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_losses.aggregation import jacobian
+from lightning_losses.gradients.aggregation import jacobian
 from lightning_losses.weighting import DynamicWeightAverage, GradNorm, UncertaintyWeighting
 
 torchjd = pytest.importorskip("torchjd")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lightning_losses.weights import LossWeights
+from lightning_losses.weighting.static import LossWeights
 
 
 def test_exact_name_beats_pattern_and_first_pattern_wins():

@@ -16,12 +16,13 @@ from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_losses import _lightning, sharding
+from lightning_losses import _lightning
+from lightning_losses.distributed import sharding
 from lightning_losses.routing.config import is_route_map, parse_route_map
 from lightning_losses.routing.optimizer import RoutedOptimizer, routed_optimizer
 from lightning_losses.routing.route import EVERY_ROUTE, Route, route_name
 from lightning_losses.routing.router import Router
-from lightning_losses.terms import TOTAL, ParsedOutput
+from lightning_losses.terms.parse import TOTAL, ParsedOutput
 
 RouteMode = Literal["joint", "sequential"]
 ROUTE_MODES = ("joint", "sequential")

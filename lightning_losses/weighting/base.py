@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_losses.cache import BoundedCache
-from lightning_losses.terms import describe
-from lightning_losses.tracking import device_tensor
+from lightning_losses.logging.accumulators import device_tensor
+from lightning_losses.terms.parse import describe
 
 
 class Weighting(nn.Module):

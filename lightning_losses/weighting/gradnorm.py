@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_losses import shared
-from lightning_losses.aggregation import jacobian
+from lightning_losses.gradients import shared
+from lightning_losses.gradients.aggregation import jacobian
 from lightning_losses.weighting.base import PerTerm
 
 

@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_losses import collectives
-from lightning_losses.terms import describe
-from lightning_losses.tracking import device_tensor
+from lightning_losses.distributed import collectives
+from lightning_losses.logging.accumulators import device_tensor
+from lightning_losses.terms.parse import describe
 from lightning_losses.weighting.base import Weighting
 
 

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lightning_losses.aggregation import jacobian
-from lightning_losses.shared import SharedParameters
-from lightning_losses.terms import describe
+from lightning_losses.gradients.aggregation import jacobian
+from lightning_losses.gradients.shared import SharedParameters
+from lightning_losses.terms.parse import describe
 
 NORM_PREFIX = "grad_norm"
 COSINE_PREFIX = "grad_cos"

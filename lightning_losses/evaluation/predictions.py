@@ -29,9 +29,9 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.dropout import _DropoutNd
 from torchmetrics import Metric, MetricCollection
 
-from lightning_losses.calling import describe_batch
-from lightning_losses.log import loader_suffix
-from lightning_losses.terms import describe
+from lightning_losses.logging.windows import loader_suffix
+from lightning_losses.terms.calling import describe_batch
+from lightning_losses.terms.parse import describe
 
 #: ``eval_losses=``: where ``val/`` and ``test/`` losses come from (see LossDictModule).
 EvalLosses = Literal["forward", "train_forward"] | None

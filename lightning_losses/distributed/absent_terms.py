@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from lightning_losses import _lightning
 from lightning_losses.cache import BoundedCache
+from lightning_losses.distributed.sharding import is_sharded
 from lightning_losses.routing import reached_parameters
-from lightning_losses.sharding import is_sharded
 
 
 class _ZeroGradients(torch.autograd.Function):

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_losses.cache import BoundedCache
-from lightning_losses.patterns import NamePatterns
+from lightning_losses.terms.patterns import NamePatterns
 
 #: ``loss_keys`` as users may give it: ``None`` (a 0-dim floating tensor that carries a gradient
 #: in training), names or glob patterns, or a predicate on the flattened name.

@@ -2,7 +2,7 @@
 
 ``LossDictModule`` is the public surface: its hooks are one-line delegations to the methods of
 the same name here, and a subclass that overrides a hook without ``super()`` still reaches them
-(see :mod:`lightning_losses.overrides`). Each decision is made here, in the order Lightning runs
+(see :mod:`lightning_losses.session.hooks`). Each decision is made here, in the order Lightning runs
 the hooks; *what* is done is asked of the object that owns it:
 
     terms.parse_output   what forward returned -> terms, metrics, pass-through outputs
@@ -29,34 +29,32 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_losses import (
-    _lightning,
-    absent_terms,
-    aggregation,
-    checkpoint_state,
-    context,
-    evaluation,
-    fastpath,
-    hparams,
-)
-from lightning_losses.calling import ModelCall
-from lightning_losses.diagnostics import GradientDiagnostics, gradient_statistics
-from lightning_losses.evaluating import Evaluation, StepOutput, step_output
-from lightning_losses.guards import (
-    Guards,
-    NonFinite,
-    nothing_requires_grad,
-    zero_through_parameters,
-)
-from lightning_losses.recorder import (
+from lightning_losses import _lightning
+from lightning_losses.checkpoints import hparams
+from lightning_losses.checkpoints import state as checkpoint_state
+from lightning_losses.distributed import absent_terms
+from lightning_losses.evaluation import predictions as evaluation
+from lightning_losses.evaluation.loop import Evaluation, StepOutput, step_output
+from lightning_losses.gradients import aggregation
+from lightning_losses.gradients.diagnostics import GradientDiagnostics, gradient_statistics
+from lightning_losses.gradients.shared import SharedParameters
+from lightning_losses.logging.recorder import (
     LazyValue,
     Recorder,
     skipped_steps_metric,
 )
 from lightning_losses.routing import config as routing_config
 from lightning_losses.routing.session import RouteMode, RoutingSession, is_routed, translate
-from lightning_losses.shared import SharedParameters
-from lightning_losses.terms import (
+from lightning_losses.session import fast_step as fastpath
+from lightning_losses.session.guards import (
+    Guards,
+    NonFinite,
+    nothing_requires_grad,
+    zero_through_parameters,
+)
+from lightning_losses.terms import added as context
+from lightning_losses.terms.calling import ModelCall
+from lightning_losses.terms.parse import (
     KeySelector,
     LossKeys,
     ParsedOutput,
@@ -64,9 +62,9 @@ from lightning_losses.terms import (
     no_terms_message,
     parse_output,
 )
-from lightning_losses.total import Combined, Total, stack_terms
 from lightning_losses.weighting.scalarizer import ScalarizerWeighting, is_scalarizer
-from lightning_losses.weights import LossWeights, WeightValue
+from lightning_losses.weighting.static import LossWeights, WeightValue
+from lightning_losses.weighting.total import Combined, Total, stack_terms
 
 STAGES = ("train", "val", "test")
 #: What ``_fast_step`` returns when the full path must take the step.

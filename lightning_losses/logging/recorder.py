@@ -1,8 +1,9 @@
 """The Lightning side of logging: one step's values into the accumulators, and out to the loggers.
 
-:class:`~lightning_losses.log.LossLog` holds the lifecycle (sessions, windows, epochs, plans) and
-knows nothing of Lightning; this class hands it each step's values in the plan's layout and hands
-what it reduces to Lightning, at the moments Lightning writes its own values:
+:class:`~lightning_losses.logging.windows.LossLog` holds the lifecycle (sessions, windows,
+epochs, plans) and knows nothing of Lightning; this class hands it each step's values in the
+plan's layout and hands what it reduces to Lightning, at the moments Lightning writes its own
+values:
 
 - a window at each batch where Lightning writes step metrics (``log_metrics``: same ``step`` and
   ``epoch`` columns as ``self.log(on_step=True)``), and the last partial one when training stops;
@@ -22,15 +23,15 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_losses import _lightning
-from lightning_losses.diagnostics import diagnostic_names
-from lightning_losses.kinds import Summaries, write_kinds_file
-from lightning_losses.log import EPOCH_SUFFIX, SKIPPED_STEPS, LossLog
-from lightning_losses.names import NameCheck
-from lightning_losses.plan import StepPlan
-from lightning_losses.terms import TOTAL, ParsedOutput, check_term_devices
-from lightning_losses.total import Combined
-from lightning_losses.tracking import Reduced, accumulator_dtype, device_tensor
-from lightning_losses.weights import LossWeights
+from lightning_losses.gradients.diagnostics import diagnostic_names
+from lightning_losses.logging.accumulators import Reduced, accumulator_dtype, device_tensor
+from lightning_losses.logging.layout import StepPlan
+from lightning_losses.logging.names import NameCheck
+from lightning_losses.logging.summaries import Summaries, write_kinds_file
+from lightning_losses.logging.windows import EPOCH_SUFFIX, SKIPPED_STEPS, LossLog
+from lightning_losses.terms.parse import TOTAL, ParsedOutput, check_term_devices
+from lightning_losses.weighting.static import LossWeights
+from lightning_losses.weighting.total import Combined
 
 
 class Recorder:

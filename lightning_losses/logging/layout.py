@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from lightning_losses.terms import TOTAL
-from lightning_losses.tracking import KeyRegistry, accumulator_dtype, device_tensor
-from lightning_losses.weights import WeightPlan
+from lightning_losses.logging.accumulators import KeyRegistry, accumulator_dtype, device_tensor
+from lightning_losses.terms.parse import TOTAL
+from lightning_losses.weighting.static import WeightPlan
 
 WEIGHT_PREFIX = "weight"
 

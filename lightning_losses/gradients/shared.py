@@ -12,9 +12,9 @@ from collections.abc import Iterable, Sequence
 from torch import Tensor, nn
 
 from lightning_losses.cache import BoundedCache
+from lightning_losses.distributed.sharding import is_sharded, raise_resharded
 from lightning_losses.routing import reached_parameters
-from lightning_losses.sharding import is_sharded, raise_resharded
-from lightning_losses.terms import describe
+from lightning_losses.terms.parse import describe
 
 Prefixes = str | Sequence[str] | None
 

@@ -26,9 +26,14 @@ import torch
 from torch import Tensor
 
 from lightning_losses.cache import BoundedCache
-from lightning_losses.plan import WEIGHT_PREFIX, StepPlan
-from lightning_losses.tracking import KeyRegistry, MeanAccumulator, Reduced, device_tensor
-from lightning_losses.weights import WeightPlan
+from lightning_losses.logging.accumulators import (
+    KeyRegistry,
+    MeanAccumulator,
+    Reduced,
+    device_tensor,
+)
+from lightning_losses.logging.layout import WEIGHT_PREFIX, StepPlan
+from lightning_losses.weighting.static import WeightPlan
 
 #: Staged training steps per plan before they are summed into the window (see plan.py): a
 #: flush every this many steps at most, whatever ``log_every_n_steps`` is.

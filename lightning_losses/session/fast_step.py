@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_losses.plan import StepPlan
-from lightning_losses.terms import ParsedOutput
+from lightning_losses.logging.layout import StepPlan
+from lightning_losses.terms.parse import ParsedOutput
 
 #: A step's logged values are stacked into a float64 buffer with ``out=``, which autograd refuses
 #: for inputs that carry a gradient, so grad mode is switched off around it. ``torch.no_grad()``

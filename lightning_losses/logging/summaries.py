@@ -20,8 +20,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger
 
 from lightning_losses import _lightning
-from lightning_losses.log import EPOCH_SUFFIX
-from lightning_losses.names import KINDS_FILE
+from lightning_losses.logging.names import KINDS_FILE
+from lightning_losses.logging.windows import EPOCH_SUFFIX
 
 #: The x-axis Lightning's WandbLogger declares for every metric (its ``define_metric("*")``).
 WANDB_STEP = "trainer/global_step"

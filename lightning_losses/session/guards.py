@@ -19,8 +19,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_losses import collectives, sharding
-from lightning_losses.tracking import Reduced
+from lightning_losses.distributed import collectives, sharding
+from lightning_losses.logging.accumulators import Reduced
 
 NonFinite = Literal["raise", "skip", "off"]
 NONFINITE_MODES = ("raise", "skip", "off")

@@ -28,7 +28,7 @@ CHECKPOINT_KEY = "lightning_losses"
 
 def save(lifecycle: Any, checkpoint: dict[str, Any]) -> None:
     """Add our entry (and the hyperparameters as plain values) to a checkpoint being saved."""
-    from lightning_losses import hparams
+    from lightning_losses.checkpoints import hparams
 
     module = lifecycle.module
     trainer = _lightning.trainer_or_none(module)

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_losses.plan import StepPlan
-from lightning_losses.terms import check_term_devices
+from lightning_losses.logging.layout import StepPlan
+from lightning_losses.terms.parse import check_term_devices
 
 
 def stack_terms(terms: Mapping[str, Tensor]) -> Tensor:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_losses.terms import describe
+from lightning_losses.terms.parse import describe
 
 
 class Collected:

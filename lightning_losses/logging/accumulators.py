@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_losses import collectives
+from lightning_losses.distributed import collectives
 
 
 def accumulator_dtype(device: torch.device) -> torch.dtype:

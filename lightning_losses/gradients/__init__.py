@@ -1,0 +1,2 @@
+"""The terms' gradients on shared parameters: aggregation (torchjd), diagnostics, which
+parameters are shared."""
