@@ -26,7 +26,8 @@ from lightning_losses.session import hooks as overrides
 from lightning_losses.session.guards import NonFinite
 from lightning_losses.session.lifecycle import Lifecycle, StepOutput, check_arguments
 from lightning_losses.terms.calling import Call
-from lightning_losses.terms.parse import TOTAL, LossKeys, describe
+from lightning_losses.terms.selector import LossKeys
+from lightning_losses.terms.values import TOTAL, describe
 from lightning_losses.weighting.static import WeightValue
 
 Stage = Literal["train", "val", "test"]

@@ -195,7 +195,8 @@ class Broken(Mapping[str, Any]):
 
 
 def test_a_mapping_that_fails_to_read_names_the_key() -> None:
-    from lightning_losses.terms.parse import KeySelector, parse_output
+    from lightning_losses.terms.parse import parse_output
+    from lightning_losses.terms.selector import KeySelector
 
     a = torch.tensor(1.0, requires_grad=True)
     with pytest.raises(TypeError, match=r"Broken whose entry 'b' could not be read \(KeyError"):

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from lightning_losses.terms.parse import KeySelector, check_term_devices, parse_output
+from lightning_losses.terms.parse import parse_output
+from lightning_losses.terms.selector import KeySelector
+from lightning_losses.terms.values import check_term_devices
 
 
 def test_mappings_nested_2000_deep_name_the_path_instead_of_recursing():

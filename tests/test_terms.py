@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from lightning_losses.terms.parse import KeySelector, flatten, parse_output
+from lightning_losses.terms.parse import flatten, parse_output
+from lightning_losses.terms.selector import KeySelector
 
 # A loss term carries a gradient in training (API.md §1); metrics are built without one below.
 SCALAR = torch.tensor(1.5, requires_grad=True)
@@ -144,7 +145,7 @@ def test_one_mapping_under_two_keys_is_not_a_cycle():
 
 
 def test_check_term_devices_names_every_term_and_its_device():
-    from lightning_losses.terms.parse import check_term_devices
+    from lightning_losses.terms.values import check_term_devices
 
     cpu, meta = torch.tensor(1.0), torch.empty((), device="meta")
     check_term_devices({"a": cpu, "b": torch.tensor(2.0)})  # one real device: no error

@@ -18,7 +18,8 @@ from lightning_losses import _lightning
 from lightning_losses.evaluation import predictions as evaluation
 from lightning_losses.logging.recorder import Recorder, warn_untrained_eval
 from lightning_losses.terms.calling import describe_batch
-from lightning_losses.terms.parse import KeySelector, ParsedOutput, parse_output
+from lightning_losses.terms.parse import ParsedOutput, parse_output
+from lightning_losses.terms.selector import KeySelector
 from lightning_losses.weighting.total import Combined, Total, stack_terms
 
 StepOutput = Tensor | dict[str, Any] | None

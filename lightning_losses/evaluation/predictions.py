@@ -31,7 +31,7 @@ from torchmetrics import Metric, MetricCollection
 
 from lightning_losses.logging.windows import loader_suffix
 from lightning_losses.terms.calling import describe_batch
-from lightning_losses.terms.parse import describe
+from lightning_losses.terms.values import describe
 
 #: ``eval_losses=``: where ``val/`` and ``test/`` losses come from (see LossDictModule).
 EvalLosses = Literal["forward", "train_forward"] | None

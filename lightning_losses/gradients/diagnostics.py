@@ -22,7 +22,7 @@ from torch import Tensor
 
 from lightning_losses.gradients.aggregation import jacobian
 from lightning_losses.gradients.shared import SharedParameters
-from lightning_losses.terms.parse import describe
+from lightning_losses.terms.values import describe
 
 NORM_PREFIX = "grad_norm"
 COSINE_PREFIX = "grad_cos"

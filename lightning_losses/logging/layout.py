@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from lightning_losses.logging.accumulators import KeyRegistry, accumulator_dtype, device_tensor
-from lightning_losses.terms.parse import TOTAL
+from lightning_losses.terms.values import TOTAL
 from lightning_losses.weighting.static import WeightPlan
 
 WEIGHT_PREFIX = "weight"

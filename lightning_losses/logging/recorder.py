@@ -29,7 +29,8 @@ from lightning_losses.logging.layout import StepPlan
 from lightning_losses.logging.names import NameCheck
 from lightning_losses.logging.summaries import Summaries, write_kinds_file
 from lightning_losses.logging.windows import EPOCH_SUFFIX, SKIPPED_STEPS, LossLog
-from lightning_losses.terms.parse import TOTAL, ParsedOutput, check_term_devices
+from lightning_losses.terms.parse import ParsedOutput
+from lightning_losses.terms.values import TOTAL, check_term_devices
 from lightning_losses.weighting.static import LossWeights
 from lightning_losses.weighting.total import Combined
 

@@ -23,7 +23,7 @@ from lightning_losses.routing.optimizer import (
     route_parts,
 )
 from lightning_losses.routing.route import Route, route_name
-from lightning_losses.terms.parse import TOTAL, describe
+from lightning_losses.terms.values import TOTAL, describe
 
 
 class _RouteConfigRequired(TypedDict):

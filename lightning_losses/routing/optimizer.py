@@ -25,7 +25,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from lightning_losses.routing.route import Route, route_name
-from lightning_losses.terms.parse import TOTAL
+from lightning_losses.terms.values import TOTAL
 
 
 class RouteStates(MutableMapping[Tensor, Any]):

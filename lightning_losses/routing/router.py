@@ -21,7 +21,7 @@ from torch import Tensor
 from lightning_losses.cache import BoundedCache
 from lightning_losses.routing.optimizer import RoutedOptimizer
 from lightning_losses.routing.route import Route, route_name
-from lightning_losses.terms.parse import TOTAL
+from lightning_losses.terms.values import TOTAL
 
 
 def reached_parameters(output: Tensor) -> set[int]:

@@ -22,7 +22,8 @@ from lightning_losses.routing.config import is_route_map, parse_route_map
 from lightning_losses.routing.optimizer import RoutedOptimizer, routed_optimizer
 from lightning_losses.routing.route import EVERY_ROUTE, Route, route_name
 from lightning_losses.routing.router import Router
-from lightning_losses.terms.parse import TOTAL, ParsedOutput
+from lightning_losses.terms.parse import ParsedOutput
+from lightning_losses.terms.values import TOTAL
 
 RouteMode = Literal["joint", "sequential"]
 ROUTE_MODES = ("joint", "sequential")

@@ -54,14 +54,9 @@ from lightning_losses.session.guards import (
 )
 from lightning_losses.terms import added as context
 from lightning_losses.terms.calling import ModelCall
-from lightning_losses.terms.parse import (
-    KeySelector,
-    LossKeys,
-    ParsedOutput,
-    describe,
-    no_terms_message,
-    parse_output,
-)
+from lightning_losses.terms.parse import ParsedOutput, no_terms_message, parse_output
+from lightning_losses.terms.selector import KeySelector, LossKeys
+from lightning_losses.terms.values import describe
 from lightning_losses.weighting.scalarizer import ScalarizerWeighting, is_scalarizer
 from lightning_losses.weighting.static import LossWeights, WeightValue
 from lightning_losses.weighting.total import Combined, Total, stack_terms

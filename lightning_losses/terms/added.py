@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_losses.terms.parse import describe
+from lightning_losses.terms.values import describe
 
 
 class Collected:

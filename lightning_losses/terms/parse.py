@@ -7,8 +7,7 @@ because the user's only other clue would be a traceback deep inside Lightning.
 
 from __future__ import annotations
 
-import numbers
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,187 +15,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lightning_losses.cache import BoundedCache
-from lightning_losses.terms.patterns import NamePatterns
-
-#: ``loss_keys`` as users may give it: ``None`` (a 0-dim floating tensor that carries a gradient
-#: in training), names or glob patterns, or a predicate on the flattened name.
-LossKeys = str | Collection[str] | Callable[[str], bool] | None
-
-SEPARATOR = "/"
-#: The name a bare scalar return gets, and the name of the weighted total in the logs.
-TOTAL = "loss"
-
-
-def describe(value: Any) -> str:
-    """A short human description of a returned value, for error messages."""
-    if isinstance(value, Tensor):
-        if value.dim() == 0:
-            return f"a 0-dim tensor of dtype {value.dtype}"
-        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
-    return f"a value of type {type(value).__name__}"
-
-
-def is_loss_tensor(value: Any) -> bool:
-    """A loss term is a 0-dim real floating tensor; anything else cannot be summed into a loss."""
-    return isinstance(value, Tensor) and value.dim() == 0 and value.is_floating_point()
-
-
-def is_scalar(value: Any) -> bool:
-    """Scalars are loggable: 0-dim real tensors and real Python numbers."""
-    if isinstance(value, Tensor):
-        return value.dim() == 0 and not value.is_complex()
-    return isinstance(value, numbers.Real)
-
-
-class KeySelector:
-    """Decides which flattened entries are loss terms, and remembers training's verdicts.
-
-    With ``loss_keys=None`` a training entry is a term when it is a 0-dim floating tensor that
-    carries a gradient: an accuracy from ``argmax`` or a value computed under ``no_grad`` is a
-    metric, never summed into the loss. Evaluation runs without gradients, so it asks training's
-    verdicts instead: ``val/loss`` is the same weighted sum as ``train/loss``. A name that has been
-    a term once stays one (a curve does not change meaning mid-run); the verdicts travel in
-    checkpoints. Before any training step there is no verdict: what the configuration names
-    (``loss_keys``, a weighting's terms, ``loss_weights`` patterns, routes) decides, and a 0-dim
-    floating tensor nothing names is a term unless the named terms are all there are (the caller
-    warns once about such a guess).
-
-    Explicit ``loss_keys`` decide by name alone, in every stage. Verdicts on names and patterns are
-    cached; the entries of ``loss_keys`` that matched are remembered so that one which never
-    matched anything can be reported after the first epoch.
-    """
-
-    def __init__(self, loss_keys: LossKeys = None, total_key: str | None = None) -> None:
-        self.explicit = loss_keys is not None
-        if total_key is not None:
-            if not isinstance(total_key, str) or not total_key:
-                raise TypeError(
-                    f"total_key is {describe(total_key)}; expected the name of the entry that "
-                    'holds the model\'s own total loss ("loss" for HuggingFace models) or None'
-                )
-            if loss_keys is not None:
-                raise ValueError(
-                    f"total_key={total_key!r} and loss_keys={loss_keys!r} both decide what is "
-                    "summed into the loss; expected one of them: total_key to train on the "
-                    "model's own total, loss_keys to choose and weight the terms yourself"
-                )
-        #: The entry that already is the model's weighted total (see ``parse_output``).
-        self.total_key = total_key
-        self._predicate: Callable[[str], bool] | None = None
-        #: ``loss_keys`` as names and patterns (each mapped to True: it selects a term).
-        self._keys: NamePatterns[bool] = NamePatterns()
-        if loss_keys is None:
-            pass
-        elif isinstance(loss_keys, str):
-            self._split([loss_keys])
-        elif callable(loss_keys):
-            self._predicate = loss_keys
-        elif isinstance(loss_keys, Collection):
-            self._split(list(loss_keys))
-        else:
-            raise TypeError(
-                f"loss_keys is {describe(loss_keys)}; expected None, a name or glob pattern, "
-                "a collection of them, or a callable name -> bool"
-            )
-        self._verdicts: BoundedCache[str, bool] = BoundedCache(4096)
-        #: What the configuration calls a loss term (``loss_weights`` entries, a weighting's term
-        #: list): before any training step these decide (see :meth:`before_training`).
-        self._named: NamePatterns[bool] = NamePatterns()
-        #: Whether the named terms are all the terms there are (a weighting's list is).
-        self._named_all = False
-        #: Names added with ``add_metric``: never a term.
-        self.added_metrics: set[str] = set()
-        #: Pass-through outputs warned about as possible unreduced losses.
-        self.warned_unreduced: set[str] = set()
-        #: Names training has classified: terms (carried a gradient at least once) and metrics.
-        self.trained_terms: set[str] = set()
-        self.trained_metrics: set[str] = set()
-
-    def _split(self, entries: list[Any]) -> None:
-        for entry in entries:
-            if not isinstance(entry, str) or not entry:
-                raise TypeError(
-                    f"loss_keys entry {entry!r} is {describe(entry)}; expected a non-empty name "
-                    "or glob pattern"
-                )
-        self._keys = NamePatterns((e, True) for e in entries)
-
-    def name_terms(self, names: Collection[str], all_terms: bool = False) -> None:
-        """Names or glob patterns the configuration calls loss terms; ``all_terms`` when no other
-        name can be one (a weighting weighs exactly its own list)."""
-        self._named.extend((n, True) for n in names if isinstance(n, str) and n)
-        self._named_all = self._named_all or all_terms
-
-    def named(self, name: str) -> bool:
-        """Whether the configuration calls ``name`` a loss term."""
-        return self._named.match(name, False)
-
-    def before_training(self, name: str) -> bool:
-        """Whether ``name`` is a term before any training step has told terms by gradient.
-
-        An added metric never is; a name the configuration calls a term is; any other is a term
-        unless the named terms are all there are (then it is a metric).
-        """
-        if name in self.added_metrics:
-            return False
-        if self.named(name):
-            return True
-        return not self._named_all
-
-    def guessed(self, name: str) -> bool:
-        """Whether calling ``name`` a term before training is a guess (nothing names it)."""
-        return name not in self.added_metrics and not self._named_all and not self.named(name)
-
-    @property
-    def trained(self) -> bool:
-        """Whether any training step has classified names (here or in a restored checkpoint)."""
-        return bool(self.trained_terms or self.trained_metrics)
-
-    def is_term(self, name: str, value: Any, training: bool) -> bool:
-        """Whether the entry ``name: value`` is a loss term in this stage (see the class doc)."""
-        if self.explicit:
-            return self(name)
-        if not is_loss_tensor(value):
-            return False
-        if training and torch.is_grad_enabled():
-            if value.requires_grad or name in self.trained_terms:
-                self.trained_terms.add(name)
-                self.trained_metrics.discard(name)
-                return True
-            self.trained_metrics.add(name)
-            return False
-        if self.trained:
-            return name in self.trained_terms
-        return self.before_training(name)  # nothing has been trained yet
-
-    def state(self) -> dict[str, list[str]]:
-        return {"terms": sorted(self.trained_terms), "metrics": sorted(self.trained_metrics)}
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        self.trained_terms = set(state.get("terms", ()))
-        self.trained_metrics = set(state.get("metrics", ())) - self.trained_terms
-
-    def __call__(self, name: str) -> bool:
-        verdict = self._verdicts.get(name)
-        if verdict is None:
-            verdict = self._decide(name)
-            self._verdicts.put(name, verdict)
-        return verdict
-
-    def _decide(self, name: str) -> bool:
-        if self._predicate is not None:
-            verdict = self._predicate(name)
-            if not isinstance(verdict, bool):
-                raise TypeError(
-                    f"loss_keys({name!r}) returned {describe(verdict)}; expected a bool"
-                )
-            return verdict
-        return self._keys.match(name, False)
-
-    def unmatched(self) -> list[str]:
-        """The literal names and patterns of ``loss_keys`` that matched no returned key."""
-        return self._keys.unmatched()
+from lightning_losses.terms.selector import KeySelector
+from lightning_losses.terms.values import (
+    SEPARATOR,
+    TOTAL,
+    describe,
+    is_loss_tensor,
+    is_scalar,
+)
 
 
 @dataclass
@@ -494,18 +320,6 @@ def no_terms_message(parsed: ParsedOutput, select: KeySelector, selection: str) 
         f"forward returned no loss term in training (found {found}); expected at least one "
         f"loss term ({wanted}), or None for a batch with nothing to learn"
     )
-
-
-def check_term_devices(terms: Mapping[str, Any], what: str = "loss terms") -> None:
-    """Raise a ValueError naming each value's device when they are not all on one real device.
-
-    Called only after torch refused to stack them (or stacked them on ``meta``), so the normal
-    path pays nothing for it.
-    """
-    devices = {name: value.device for name, value in terms.items() if isinstance(value, Tensor)}
-    if len(set(devices.values())) > 1 or any(d.type == "meta" for d in devices.values()):
-        found = ", ".join(f"{name!r} on {device}" for name, device in devices.items())
-        raise ValueError(f"expected all {what} on one real device; found {found}")
 
 
 def _shorten(name: str, limit: int = 120) -> str:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from lightning_losses.cache import BoundedCache
 from lightning_losses.logging.accumulators import device_tensor
-from lightning_losses.terms.parse import describe
+from lightning_losses.terms.values import describe
 
 
 class Weighting(nn.Module):

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from lightning_losses.distributed import collectives
 from lightning_losses.logging.accumulators import device_tensor
-from lightning_losses.terms.parse import describe
+from lightning_losses.terms.values import describe
 from lightning_losses.weighting.base import Weighting
 
 

@@ -16,8 +16,8 @@ from torch import Tensor
 
 from lightning_losses.cache import BoundedCache
 from lightning_losses.logging.accumulators import device_tensor
-from lightning_losses.terms.parse import describe
 from lightning_losses.terms.patterns import NamePatterns
+from lightning_losses.terms.values import describe
 
 #: A term's weight: a constant, or a schedule ``global_step -> weight``.
 WeightValue = float | Callable[[int], float]

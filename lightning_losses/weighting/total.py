@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_losses.logging.layout import StepPlan
-from lightning_losses.terms.parse import check_term_devices
+from lightning_losses.terms.values import check_term_devices
 
 
 def stack_terms(terms: Mapping[str, Tensor]) -> Tensor:
