@@ -7,7 +7,6 @@ of it anyway, exactly once.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -22,42 +21,19 @@ from lightning_losses.checkpoints import hparams
 from lightning_losses.evaluation import predictions as evaluation
 from lightning_losses.evaluation.batches import batch_size
 from lightning_losses.routing.session import RouteMode
-from lightning_losses.session import hooks as overrides
+from lightning_losses.session import hooks
+from lightning_losses.session.core import Core, check_arguments
 from lightning_losses.session.guards import NonFinite
-from lightning_losses.session.lifecycle import Lifecycle, StepOutput, check_arguments
+from lightning_losses.session.steps import StepOutput
 from lightning_losses.terms.calling import Call
 from lightning_losses.terms.selector import LossKeys
 from lightning_losses.terms.values import TOTAL, describe
-from lightning_losses.weighting.static import WeightValue
+from lightning_losses.weighting.static import LossWeights, WeightValue
 
 Stage = Literal["train", "val", "test"]
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 # Class return types let LightningCLI build these from ``class_path`` + ``init_args``.
 SchedulerFactory = Callable[[Optimizer], LRScheduler | ReduceLROnPlateau | Mapping[str, Any]]
-
-#: The hooks whose library part runs whatever a subclass overrides (see overrides.py).
-CHAINED_HOOKS = (
-    "configure_callbacks",
-    "setup",
-    "on_fit_start",
-    "on_train_batch_start",
-    "on_train_batch_end",
-    "on_before_optimizer_step",
-    "on_train_epoch_end",
-    "on_train_end",
-    "on_validation_start",
-    "on_test_start",
-    "on_validation_epoch_start",
-    "on_validation_epoch_end",
-    "on_test_epoch_start",
-    "on_test_epoch_end",
-    "on_validation_batch_start",
-    "on_validation_batch_end",
-    "on_test_batch_start",
-    "on_test_batch_end",
-    "on_save_checkpoint",
-    "on_load_checkpoint",
-)
 
 
 def default_optimizer(params: Iterable[Any]) -> Optimizer:
@@ -153,54 +129,125 @@ class LossDictModule(pl.LightningModule):
         weighting = check_arguments(
             model, weighting, aggregator, optimizer, lr_scheduler, metric_inputs
         )
+        LossWeights(loss_weights)  # (checked here, so that a bad one fails before anything)
         self.model = model
         self.weighting = weighting
         self.aggregator = aggregator
-        self.loss_keys = loss_keys
-        #: The weights as given (names or patterns -> constant or schedule); unlisted weigh 1.
-        self.loss_weights = dict(loss_weights or {})
-        self.nonfinite = nonfinite
-        self.route_mode = route_mode
-        self.eval_losses = eval_losses
-        #: The metrics' template; each evaluation epoch updates fresh copies of it.
-        self.eval_metrics = None if metrics is None else evaluation.as_collection(metrics)
+        # the metrics' template; each evaluation epoch updates fresh copies of it
+        eval_metrics = None if metrics is None else evaluation.as_collection(metrics)
+        self.eval_metrics = eval_metrics
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         #: Training steps skipped for non-finite losses (``nonfinite="skip"``), over all epochs.
         self.skipped_steps = 0
-        self._lifecycle = Lifecycle(
+        self._core = Core(
             self,
-            loss_keys=loss_keys,
-            total_key=total_key,
-            loss_weights=loss_weights,
-            weighting=weighting,
-            aggregator=aggregator,
-            nonfinite=nonfinite,
-            prog_bar=tuple(prog_bar),
-            grad_diagnostics_every_n_steps=grad_diagnostics_every_n_steps,
-            shared_parameters=shared_parameters,
-            call=call,
-            eval_losses=eval_losses,
-            metrics=self.eval_metrics,
-            metric_inputs=metric_inputs,
-            route_mode=route_mode,
-            provided_validation_step=LossDictModule.validation_step,
+            {
+                "loss_keys": loss_keys,
+                "total_key": total_key,
+                "loss_weights": dict(loss_weights or {}),
+                "aggregator": aggregator,
+                "nonfinite": nonfinite,
+                "prog_bar": tuple(prog_bar),
+                "grad_diagnostics_every_n_steps": grad_diagnostics_every_n_steps,
+                "shared_parameters": shared_parameters,
+                "call": call,
+                "eval_losses": eval_losses,
+                "metrics": eval_metrics,
+                "inputs": metric_inputs,
+                "route_mode": route_mode,
+                "provided_validation_step": LossDictModule.validation_step,
+            },
+            weighting,
         )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        overrides.chain(cls, CHAINED_HOOKS, LossDictModule)
-        # A subclass's configure_optimizers may return a route map ({"seg": Adam, ...}), which
-        # Lightning would not accept: translate it on the way out.
-        own = cls.__dict__.get("configure_optimizers")
-        if own is not None and not getattr(own, "_routes_translated", False):
+        hooks.chain(cls, LossDictModule)  # overrides without super(); route maps translated
 
-            @functools.wraps(own)
-            def configure_optimizers(self: LossDictModule) -> Any:
-                return self._lifecycle.translate_routes(own(self))
+    # ------------------------------------------------------------------ options (API.md §10)
+    # Assigning one takes effect (or is refused, saying how to change it); never ignored.
 
-            configure_optimizers._routes_translated = True  # type: ignore[attr-defined]
-            cls.configure_optimizers = configure_optimizers  # type: ignore[method-assign]
+    @property
+    def loss_weights(self) -> dict[str, WeightValue]:
+        """The weights as given (names or patterns -> constant or schedule); unlisted weigh 1.
+        Assigning a new mapping takes effect from the next step."""
+        return self._core.weights.given
+
+    @loss_weights.setter
+    def loss_weights(self, value: Mapping[str, WeightValue] | None) -> None:
+        self._core.set_loss_weights(value)
+
+    @property
+    def nonfinite(self) -> NonFinite:
+        """What a non-finite loss term does (``"raise"``, ``"skip"``, ``"off"``); assignable."""
+        return self._core.guards.nonfinite
+
+    @nonfinite.setter
+    def nonfinite(self, value: NonFinite) -> None:
+        self._core.set_nonfinite(value)
+
+    @property
+    def loss_keys(self) -> LossKeys:
+        """Which entries are loss terms, as given; fixed at construction."""
+        return self._core.loss_keys
+
+    @loss_keys.setter
+    def loss_keys(self, value: LossKeys) -> None:
+        self._core.refuse("loss_keys", value)
+
+    @property
+    def route_mode(self) -> RouteMode:
+        """``"joint"`` or ``"sequential"``; assignable between fits."""
+        return self._core.routing.route_mode
+
+    @route_mode.setter
+    def route_mode(self, value: RouteMode) -> None:
+        self._core.set_route_mode(value)
+
+    @property
+    def eval_losses(self) -> evaluation.EvalLosses:
+        """Where ``val/`` and ``test/`` losses come from; assignable."""
+        return self._core.evaluation.eval_losses
+
+    @eval_losses.setter
+    def eval_losses(self, value: evaluation.EvalLosses) -> None:
+        evaluation.check_eval_losses(value)
+        self._core.evaluation.eval_losses = value
+
+    # weighting, aggregator and eval_metrics are modules: assigning one goes through
+    # session/hooks.py (nn.Module registers a module without calling a setter); these setters
+    # take what is not a module (None, a plain callable aggregator).
+
+    @property
+    def weighting(self) -> nn.Module | None:
+        """The weighting strategy (see ``weighting=``); assignable."""
+        return self._core.weighting
+
+    @weighting.setter
+    def weighting(self, value: nn.Module | None) -> None:
+        if "_core" in self.__dict__:  # (the constructor hands it to the Core itself)
+            self._core.set_weighting(value)
+
+    @property
+    def aggregator(self) -> Callable[[Tensor], Tensor] | None:
+        """The gradient aggregator (see ``aggregator=``); assignable."""
+        return self._core.aggregator
+
+    @aggregator.setter
+    def aggregator(self, value: Callable[[Tensor], Tensor] | None) -> None:
+        if "_core" in self.__dict__:
+            self._core.set_aggregator(value)
+
+    @property
+    def eval_metrics(self) -> Any:
+        """The evaluation metrics' template (see ``metrics=``); assignable."""
+        return self._core.eval_metrics
+
+    @eval_metrics.setter
+    def eval_metrics(self, value: Any) -> None:
+        if "_core" in self.__dict__:
+            self._core.set_eval_metrics(value)
 
     # ------------------------------------------------------------------ forward and steps
 
@@ -212,7 +259,7 @@ class LossDictModule(pl.LightningModule):
                 f"{type(self).__name__} has no model: subclass LossDictModule and define "
                 "forward(batch), or wrap one with LossDictModule(model)"
             )
-        return self._lifecycle.model_call(self.model, batch)
+        return self._core.model_call(self.model, batch)
 
     def training_step(self, batch: Any, batch_idx: int = 0) -> StepOutput:
         """``total_loss(self(batch))``: the weighted total that Lightning backpropagates (with
@@ -226,7 +273,7 @@ class LossDictModule(pl.LightningModule):
                 "expected automatic_optimization=True, or your own training_step that calls "
                 "self.manual_backward(self.total_loss(self(batch))) and steps the optimizers"
             )
-        router = self._lifecycle.routing.router
+        router = self._core.routing.router
         if router is None or not router.optimizer.compiling():
             return self.total_loss(self(batch), stage="train", batch=batch)
         with router.optimizer.forward_context():  # see RoutedOptimizer.forward_context
@@ -253,7 +300,7 @@ class LossDictModule(pl.LightningModule):
     def evaluate(self, batch: Any, stage: Stage = "val", dataloader_idx: int = 0) -> StepOutput:
         """One evaluation batch: its losses (as ``eval_losses`` says) and ``metrics`` updates.
         This is the whole of the provided ``validation_step`` and ``test_step``."""
-        return self._lifecycle.evaluation.evaluate(batch, stage, dataloader_idx)
+        return self._core.evaluation.evaluate(batch, stage, dataloader_idx)
 
     def get_batch_size(self, batch: Any) -> int:
         """The weight of a batch in ``val/`` and ``test/`` epoch means: its number of samples
@@ -274,7 +321,7 @@ class LossDictModule(pl.LightningModule):
         step: the total (with pass-through outputs, as a dict), or ``None`` when there is nothing
         to learn from the batch. ``dataloader_idx`` defaults to the loader Lightning is running.
         """
-        return self._lifecycle.step(output, stage, batch, dataloader_idx)
+        return self._core.step(output, stage, batch, dataloader_idx)
 
     @property
     def active_routes(self) -> frozenset[str]:
@@ -286,7 +333,7 @@ class LossDictModule(pl.LightningModule):
         (``validate()`` before ``fit``) a set that contains every name. With one optimizer:
         ``{"loss"}``.
         """
-        return self._lifecycle.active_routes()
+        return self._core.active_routes()
 
     # ------------------------------------------------------------------ optimizers
 
@@ -307,7 +354,7 @@ class LossDictModule(pl.LightningModule):
         clipping, accumulation, precision and ``global_step`` keep their meaning."""
         routes = self.configure_routes()
         if routes is not None:
-            return self._lifecycle.translate_routes(routes)
+            return self._core.translate_routes(routes)
         optimizer = (self.optimizer_factory or default_optimizer)(self.parameters())
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
@@ -326,7 +373,7 @@ class LossDictModule(pl.LightningModule):
     ) -> None:
         """Lightning's clipping; with per-key optimizers each route's optimizer is clipped on its
         own parameters, with the route's own ``"gradient_clip_val"`` where its dict has one."""
-        self._lifecycle.clip(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        self._core.clip(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -357,94 +404,6 @@ class LossDictModule(pl.LightningModule):
             **kwargs,
         )
 
-    # ------------------------------------------------------------------ hooks
-    # Each delegates to the Lifecycle method of the same name; see session/hooks.py.
-    def configure_callbacks(self) -> Any:
-        if _outermost(self, "configure_callbacks"):
-            self._lifecycle.configure_callbacks()
-        return []
 
-    def setup(self, stage: str) -> None:
-        if _outermost(self, "setup"):
-            self._lifecycle.setup(stage)
-
-    def on_fit_start(self) -> None:
-        if _outermost(self, "on_fit_start"):
-            self._lifecycle.on_fit_start()
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if type(self).on_train_batch_start is LossDictModule.on_train_batch_start:
-            self._lifecycle.on_train_batch_start(batch, batch_idx)
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if type(self).on_train_batch_end is LossDictModule.on_train_batch_end:
-            self._lifecycle.on_train_batch_end(outputs, batch, batch_idx)
-
-    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        if type(self).on_before_optimizer_step is LossDictModule.on_before_optimizer_step:
-            self._lifecycle.on_before_optimizer_step(optimizer)
-
-    def on_train_epoch_end(self) -> None:
-        if _outermost(self, "on_train_epoch_end"):
-            self._lifecycle.on_train_epoch_end()
-
-    def on_train_end(self) -> None:
-        if _outermost(self, "on_train_end"):
-            self._lifecycle.on_train_end()
-
-    def on_validation_start(self) -> None:
-        if _outermost(self, "on_validation_start"):
-            self._lifecycle.on_validation_start()
-
-    def on_test_start(self) -> None:
-        if _outermost(self, "on_test_start"):
-            self._lifecycle.on_test_start()
-
-    def on_validation_epoch_start(self) -> None:
-        if _outermost(self, "on_validation_epoch_start"):
-            self._lifecycle.on_validation_epoch_start()
-
-    def on_validation_epoch_end(self) -> None:
-        if _outermost(self, "on_validation_epoch_end"):
-            self._lifecycle.on_validation_epoch_end()
-
-    def on_test_epoch_start(self) -> None:
-        if _outermost(self, "on_test_epoch_start"):
-            self._lifecycle.on_test_epoch_start()
-
-    def on_test_epoch_end(self) -> None:
-        if _outermost(self, "on_test_epoch_end"):
-            self._lifecycle.on_test_epoch_end()
-
-    def on_validation_batch_start(
-        self, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        if _outermost(self, "on_validation_batch_start"):
-            self._lifecycle.on_validation_batch_start(batch, batch_idx, dataloader_idx)
-
-    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
-        if _outermost(self, "on_validation_batch_end"):
-            self._lifecycle.on_validation_batch_end()
-
-    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if _outermost(self, "on_test_batch_start"):
-            self._lifecycle.on_test_batch_start(batch, batch_idx, dataloader_idx)
-
-    def on_test_batch_end(self, *args: Any, **kwargs: Any) -> None:
-        if _outermost(self, "on_test_batch_end"):
-            self._lifecycle.on_test_batch_end()
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if _outermost(self, "on_save_checkpoint"):
-            self._lifecycle.on_save_checkpoint(checkpoint)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if _outermost(self, "on_load_checkpoint"):
-            self._lifecycle.on_load_checkpoint(checkpoint)
-
-
-def _outermost(module: LossDictModule, hook: str) -> bool:
-    return overrides.is_outermost(module, hook, LossDictModule)
-
-
+hooks.install(LossDictModule)  # its Lightning hooks, from one list (session/hooks.py)
 hparams.use_constructor(LossDictModule.__init__)

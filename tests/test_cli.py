@@ -39,7 +39,7 @@ def test_example_config_fits_and_its_checkpoint_loads_without_arguments(tmp_path
     assert optimizer.defaults["lr"] == 0.003 and optimizer.defaults["weight_decay"] == 0.01
     assert type(trainer.lr_scheduler_configs[0].scheduler).__name__ == "StepLR"
     assert module.loss_weights.get("depth", 1.0) == 0.25 and module.nonfinite == "skip"
-    assert module._lifecycle.select("seg") and not module._lifecycle.select("acc")
+    assert module._core.select("seg") and not module._core.select("acc")
     assert {"grad_norm/seg", "grad_cos/seg_vs_depth"} <= set(trainer.callback_metrics)
     assert module.weighting.terms == ("seg", "depth")
     assert "weight/seg" in trainer.callback_metrics

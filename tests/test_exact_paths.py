@@ -324,7 +324,7 @@ def test_plans_are_bounded_whatever_the_number_of_key_sets():
     module = Optional()
     for _ in range(1000):
         module.training_step(None)
-    assert len(module._lifecycle.recorder.log.session.plans) <= 256
+    assert len(module._core.recorder.log.session.plans) <= 256
 
 
 def test_the_provided_training_step_refuses_manual_optimization():

@@ -309,7 +309,7 @@ def test_hparams_yaml_is_plain_truthful_and_reloads(tmp_path, logger_class):
     assert stored["hidden"] == 4 and stored["prog_bar"] == ["loss", "seg"]
     assert stored["optimizer"] == {"class_path": "torch.optim.sgd.SGD", "init_args": {"lr": 0.1}}
     loaded = Defaults.load_from_checkpoint(path, hparams_file=yaml_path)
-    assert loaded._lifecycle.select("seg") and loaded.loss_weights.get("depth", 1.0) == 0.5
+    assert loaded._core.select("seg") and loaded.loss_weights.get("depth", 1.0) == 0.5
     assert loaded.optimizer_factory.keywords == {"lr": 0.1}
     _assert_same_state(module, loaded)
 

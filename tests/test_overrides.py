@@ -14,7 +14,11 @@ from conftest import MemoryLogger, MultiTask, make_trainer, multitask_data
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_losses import LossDictModule, add_loss, add_metric
-from lightning_losses.module import CHAINED_HOOKS
+from lightning_losses.session.hooks import NAMES
+
+#: Every hook the library takes part in, and the epoch ends it handles in a callback: a
+#: subclass overrides them all, without super().
+OVERRIDDEN = (*NAMES, "on_train_epoch_end", "on_validation_epoch_end", "on_test_epoch_end")
 
 #: Lightning's signature of each chained hook, for overrides that do nothing of the library's.
 _ARGS = {
@@ -29,6 +33,7 @@ _ARGS = {
     "on_test_batch_end": ("outputs", "batch", "batch_idx", "dataloader_idx=0"),
     "on_save_checkpoint": ("checkpoint",),
     "on_load_checkpoint": ("checkpoint",),
+    "teardown": ("stage",),
 }
 
 
@@ -45,7 +50,7 @@ class Regularised(MultiTask):
 def _overriding(call_super: bool) -> type[LossDictModule]:
     """A subclass that overrides every chained hook, counting calls, with or without super()."""
     body: dict[str, Any] = {}
-    for hook in CHAINED_HOOKS:
+    for hook in OVERRIDDEN:
         params = ", ".join(("self", *_ARGS.get(hook, ())))
         names = ", ".join(p.split("=")[0] for p in _ARGS.get(hook, ()))
         call = (
@@ -121,22 +126,22 @@ def test_the_library_part_runs_once_per_hook_call_through_a_super_chain() -> Non
     runs: list[str] = []
 
     class Base(MultiTask):
-        def on_train_epoch_end(self) -> None:
+        def on_validation_epoch_start(self) -> None:
             runs.append("base")
-            super().on_train_epoch_end()
+            super().on_validation_epoch_start()
 
     class Outer(Base):
-        def on_train_epoch_end(self) -> None:
+        def on_validation_epoch_start(self) -> None:
             runs.append("outer")
-            super().on_train_epoch_end()
+            super().on_validation_epoch_start()
 
     logger = MemoryLogger()
     module = Outer()
-    original = module._lifecycle.on_train_epoch_end
-    module._lifecycle.on_train_epoch_end = lambda: (runs.append("library"), original())[1]
-    make_trainer(logger, max_epochs=2).fit(module, multitask_data())
+    original = module._core.on_validation_epoch_start
+    module._core.on_validation_epoch_start = lambda: (runs.append("library"), original())[1]
+    make_trainer(logger, max_epochs=2).fit(module, multitask_data(), multitask_data(n=16))
     assert runs == ["library", "outer", "base"] * 2
-    assert [step for step, m in logger.rows if "train/loss_epoch" in m] == [7, 15]
+    assert [step for step, m in logger.rows if "val/loss" in m] == [7, 15]
 
 
 def test_a_mixin_that_overrides_a_hook_is_chained_too(tmp_path: Any) -> None:

@@ -26,38 +26,38 @@ from lightning_losses import _lightning
 CHECKPOINT_KEY = "lightning_losses"
 
 
-def save(lifecycle: Any, checkpoint: dict[str, Any]) -> None:
+def save(core: Any, checkpoint: dict[str, Any]) -> None:
     """Add our entry (and the hyperparameters as plain values) to a checkpoint being saved."""
     from lightning_losses.checkpoints import hparams
 
-    module = lifecycle.module
+    module = core.module
     trainer = _lightning.trainer_or_none(module)
     checkpoint[CHECKPOINT_KEY] = {
         "skipped_steps": module.skipped_steps,
-        **lifecycle.recorder.log.state(),
-        "classification": lifecycle.select.state(),
-        **lifecycle.routing.state(trainer),
+        **core.recorder.log.state(trainer.current_epoch if trainer is not None else 0),
+        "classification": core.select.state(),
+        **core.routing.state(trainer),
     }
     stored = checkpoint.get(module.CHECKPOINT_HYPER_PARAMS_KEY)
     if stored is not None:  # plain values only; what is left out is named (see hparams.py)
         checkpoint[module.CHECKPOINT_HYPER_PARAMS_KEY] = hparams.for_checkpoint(module, stored)
 
 
-def load(lifecycle: Any, checkpoint: Mapping[str, Any]) -> None:
+def load(core: Any, checkpoint: Mapping[str, Any]) -> None:
     """Restore our entry from a checkpoint being loaded (see the module docstring)."""
     state = checkpoint.get(CHECKPOINT_KEY, {})
-    module = lifecycle.module
+    module = core.module
     module.skipped_steps = int(state.get("skipped_steps", 0))
     if "classification" in state:
-        lifecycle.select.load_state(state["classification"])
+        core.select.load_state(state["classification"])
     trainer = _lightning.trainer_or_none(module)
     # Resuming a fit (Lightning restores the module just before the fit starts): the saved
     # windows continue and the optimizers must match.
     if trainer is None or _lightning.running(trainer) != "fit":
         return
-    lifecycle.routing.restore(state)
+    core.routing.restore(state)
     # Most strategies restore before on_fit_start (which begins the fit's session); FSDP-like
     # ones after it, into the session already begun.
-    lifecycle.recorder.log.load_state(
+    core.recorder.log.load_state(
         state, apply_now=_lightning.restores_after_setup(trainer), rank=trainer.global_rank
     )

@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_losses import _lightning
 from lightning_losses.cache import BoundedCache
 from lightning_losses.distributed.sharding import is_sharded
 from lightning_losses.routing import reached_parameters
@@ -47,22 +46,17 @@ class _ZeroGradients(torch.autograd.Function):
 
 
 class AbsentTerms:
-    """Per key set: the trainable parameters the objective leaves without a gradient."""
+    """Per key set: the trainable parameters the objective leaves without a gradient (one
+    instance per fit: another fit may have another strategy and other parameters)."""
 
-    def __init__(self) -> None:
+    def __init__(self, distributed: bool) -> None:
         self._unreached: BoundedCache[tuple[str, ...], list[Tensor]] = BoundedCache()
-        self._trainer: Any = None
-        self._distributed = False
+        self._distributed = distributed
 
     def cover(self, module: nn.Module, names: tuple[str, ...], objective: Tensor) -> Tensor:
         """``objective``, plus a zero that reaches every trainable parameter it does not reach
         when the module trains on several processes (alone, a missing gradient is what the
         optimizer should see: it skips the parameter)."""
-        trainer = _lightning.trainer_or_none(module)
-        if trainer is not self._trainer:  # a new fit: another strategy, other parameters
-            self._trainer = trainer
-            self._distributed = trainer is not None and trainer.world_size > 1
-            self._unreached.clear()
         if not self._distributed or not objective.requires_grad:
             return objective
         unreached = self._unreached.get(names)

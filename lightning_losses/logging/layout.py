@@ -80,11 +80,9 @@ class StepPlan:
     metric_views: list[Tensor] = field(default_factory=list, init=False)
     #: The logged weights come from a ``weighting=`` (written per step), not constants.
     learned_weights: bool = field(default=False, init=False)
-    #: Names shown in the progress bar, with their position in the step's values (see
-    #: ``bar_views``), set by the recorder for training plans.
+    #: Names shown in the progress bar, with their position in the step's values, set by the
+    #: recorder for training plans (the bar reads them at a fit's first step).
     bar_columns: tuple[tuple[str, int], ...] = field(default=(), init=False)
-    #: Per staging row (and last, for the step buffer): views of its progress-bar values.
-    bar_views: list[tuple[Tensor, ...]] = field(default_factory=list, init=False)
     filled: int = field(default=0, init=False)
     #: The global step of each filled row (for the first non-finite step), when checked.
     row_steps: list[int] = field(default_factory=list, init=False)
@@ -169,9 +167,6 @@ class StepPlan:
                 self.terms_views = [row[:k] for row in self.row_views]
                 self.total_views = [row[k] for row in self.row_views]
                 self.metric_views = [row[k + 1 : prefix] for row in self.row_views]
-                self.bar_views = [
-                    tuple(row[column] for _, column in self.bar_columns) for row in self.row_views
-                ]
                 self.weight_views = [row[prefix:] for row in self.row_views]
                 constant = not (self.learned_weights or self.weights.has_schedules)
                 if self.logged_weights and constant:  # constants: written once, here

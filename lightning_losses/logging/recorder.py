@@ -13,7 +13,6 @@ values:
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -179,44 +178,22 @@ class Recorder:
             if name.startswith("train/") and kind_of(name) == "term"
         }
 
+    def show_step(self, trainer: pl.Trainer, plan: StepPlan) -> None:
+        """The progress bar's values at a fit's first step, until the first write replaces
+        them with the window's means: floats read from the step's values (one host sync, and
+        only when a progress bar is attached)."""
+        if not plan.bar_columns or trainer.progress_bar_callback is None:
+            return
+        values = torch.stack(plan.buffer_bar_views).tolist()
+        names = [name for name, _ in plan.bar_columns]
+        _lightning.progress_bar_values(trainer).update(zip(names, values))
+
     def show_route_losses(self, routes: Iterable[Iterable[str]]) -> None:
         """Alternating routes: the sum of a generator's and a discriminator's loss means nothing,
         so the progress bar shows each route's terms instead of the total (default only)."""
         if self.default_prog_bar:
             names = [t for route in routes for t in route if t != TOTAL]
             self.prog_bar = frozenset(f"train/{name}" for name in names) or self.prog_bar
-
-
-class LazyValue:
-    """A progress-bar value that stays on the device until the bar draws it.
-
-    The bar formats its values only on the steps it redraws (``TQDMProgressBar(refresh_rate=)``),
-    so reading the device value there, and only there, is what Lightning's own
-    ``self.log(..., prog_bar=True)`` costs; a step the bar does not redraw adds no host sync.
-    ``source`` is a 0-dim view of the latest step's value (in the plan's staging row).
-    """
-
-    __slots__ = ("source",)
-
-    def __init__(self) -> None:
-        self.source: Tensor | None = None
-
-    def __float__(self) -> float:
-        return float(self.source) if self.source is not None else float("nan")
-
-    def __format__(self, spec: str) -> str:
-        return format(float(self), spec)
-
-    def __str__(self) -> str:  # (a bar that formats what is not a float itself: rich's)
-        return format(float(self), ".4g")
-
-    __repr__ = __str__
-
-    def __round__(self, ndigits: int | None = None) -> float:
-        return round(float(self), ndigits)
-
-
-numbers.Real.register(LazyValue)  # formatted like a number by tqdm and rich
 
 
 def skipped_steps_metric(count: int) -> dict[str, float]:

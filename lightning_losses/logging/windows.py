@@ -66,10 +66,11 @@ class Session:
         self.train_names: set[str] = set()
         #: Whether the window holds steps not yet written.
         self.window_open = False
-        #: The returned dict's keys -> its training step's fast plan (see fastpath.py).
-        self.fast: BoundedCache[tuple[str, ...], Any] = BoundedCache()
         #: Plans with staged rows not yet added to the window (see LossLog.flush).
         self.staged: list[StepPlan] = []
+        #: The training epoch the epoch accumulator belongs to, when it was restored from a
+        #: checkpoint (see LossLog.enter_epoch); None otherwise.
+        self.restored_epoch: int | None = None
 
 
 class LossLog:
@@ -252,6 +253,23 @@ class LossLog:
         session.window_open = False
         return reduced
 
+    def peek(self, device: torch.device) -> Reduced:
+        """The window's means and first non-finite steps so far, over steps and ranks, without
+        writing it (a collective under DDP: every rank calls this together)."""
+        self.flush()
+        return self.session.window.compute(device)
+
+    def enter_epoch(self, epoch: int) -> None:
+        """The fit's first training batch runs in ``epoch``. A restored epoch accumulator of
+        another epoch (a checkpoint saved on an epoch's last batch, whose epoch end the resumed
+        run does not repeat) is dropped, and the restored window's steps, which that epoch
+        counted, are marked as counted: they are still written with their window."""
+        session = self.session
+        restored, session.restored_epoch = session.restored_epoch, None
+        if restored is not None and restored != epoch:
+            session.epoch.reset()
+            session.window.mark_drained()
+
     def end_train_epoch(self, device: torch.device) -> Reduced:
         self.flush()
         session = self.session
@@ -277,14 +295,16 @@ class LossLog:
 
     # ---------------------------------------------------------------- checkpoints
 
-    def state(self) -> dict[str, Any]:
-        """The partly filled window and epoch of the running fit, as plain data."""
+    def state(self, epoch: int) -> dict[str, Any]:
+        """The partly filled window and epoch of the running fit (training ``epoch``), as
+        plain data."""
         self.flush()
         session = self.session
         return {
             "registry": session.registry.state(),
             "window": session.window.state(),
             "epoch": session.epoch.state(),
+            "epoch_index": epoch,
             "window_open": session.window_open,
         }
 
@@ -316,6 +336,8 @@ class LossLog:
             session.epoch.load_state(state["epoch"], device)
         # on every rank alike, so that all of them join (or skip) the final write together
         session.window_open = bool(state.get("window_open", True))
+        epoch = state.get("epoch_index")
+        session.restored_epoch = epoch if isinstance(epoch, int) else None
         session.train_names.update(
             name.split("/", 1)[1]
             for name, kind in session.registry.kind_of.items()

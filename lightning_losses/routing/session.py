@@ -41,8 +41,7 @@ class RoutingSession:
     """The routing state of the running fit (see the module docstring)."""
 
     def __init__(self, route_mode: RouteMode) -> None:
-        check_route_mode(route_mode)
-        self.route_mode = route_mode
+        self.set_route_mode(route_mode)
         self.router: Router | None = None
         #: This fit has one optimizer: nothing to route (found at its first batch).
         self.single_optimizer = False
@@ -54,9 +53,17 @@ class RoutingSession:
         self._pending_terms: dict[str, Tensor] = {}
         self._pending_metrics: dict[str, Tensor | float] = {}
 
+    def set_route_mode(self, route_mode: Any) -> None:
+        check_route_mode(route_mode)
+        self.route_mode: RouteMode = route_mode
+
     def begin_fit(self) -> None:
         self.router, self._checked_alternation, self.single_optimizer = None, False, False
         self._pending_terms, self._pending_metrics = {}, {}
+
+    def end_fit(self) -> None:
+        """The fit ended: its optimizers are not kept (the module holds no run)."""
+        self.begin_fit()
 
     def router_for_step(self, trainer: pl.Trainer | None) -> Router | None:
         if self.single_optimizer:

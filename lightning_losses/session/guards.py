@@ -38,12 +38,19 @@ class Guards:
     epochs (it is public, and checkpointed)."""
 
     def __init__(self, module: nn.Module, nonfinite: NonFinite) -> None:
-        check_nonfinite_mode(nonfinite)
         self.module: Any = module  # a LossDictModule (its public skipped_steps count)
-        self.nonfinite = nonfinite
+        self.set_mode(nonfinite)
         self._warned_no_grad: set[str] = set()
         #: A skipped step's gradients are dropped before its optimizer step.
         self.drop_pending = False
+
+    def set_mode(self, nonfinite: Any) -> None:
+        check_nonfinite_mode(nonfinite)
+        self.nonfinite: NonFinite = nonfinite
+
+    @property
+    def skips(self) -> bool:
+        return self.nonfinite == "skip"
 
     def warn_no_grad(self, terms: dict[str, Tensor]) -> None:
         """One warning per term that cannot train anything (checked when a key set is new)."""
@@ -113,3 +120,37 @@ def zero_through_parameters(module: nn.Module, world_size: int) -> Tensor | None
     if world_size <= 1:
         return None
     return sharding.zero_through(module)  # under FSDP2 through its hooks (see sharding.py)
+
+
+def warn_unreached(module: nn.Module, names: tuple[str, ...], objective: Tensor) -> None:
+    """At a fit's first step: a total whose gradient reaches no trainable parameter of the
+    module (everything it depends on is frozen, or it flows only into the inputs) trains
+    nothing, silently. Read from the autograd graph (one walk); skipped where the graph's
+    leaves are not the module's parameters (FSDP's sharded or flat parameters)."""
+    from lightning_losses.routing import reached_parameters
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params or any(sharding.is_sharded(p) or not p.is_leaf for p in params):
+        return
+    reached = reached_parameters(objective)
+    if any(id(p) in reached for p in params):
+        return
+    frozen = sum(1 for p in module.parameters() if not p.requires_grad)
+    rank_zero_warn(
+        f"the loss terms {list(names)} reach no trainable parameter of "
+        f"{type(module).__name__} ({len(params)} trainable, {frozen} frozen): their gradient "
+        "flows only into frozen parameters or the inputs, so training changes nothing; "
+        "expected terms computed from trainable parameters (unfreeze with "
+        "requires_grad_(True), or check that forward uses the module's own layers)"
+    )
+
+
+def raise_not_returned(module: nn.Module) -> None:
+    """A ``training_step`` that called ``total_loss`` and returned nothing: Lightning then skips
+    the backward and the optimizer step, while the logs show a loss as if it trained."""
+    raise RuntimeError(
+        f"{type(module).__name__}.training_step computed self.total_loss(...) but returned "
+        "None, so Lightning trained nothing on this batch (while the loss is logged as if it "
+        "had); expected `return self.total_loss(...)`. To skip a batch, return None without "
+        "calling total_loss, or let forward return None"
+    )

@@ -1,58 +1,186 @@
-"""Hooks a subclass may override without ``super()``: the library's part runs anyway.
+"""The Lightning hooks the library takes part in: one list makes the module's hook methods, the
+wrappers of a user's overrides, and the dispatch to the object that does the work.
 
-A ``LossDictModule`` does its logging from Lightning hooks (batch start and end, epoch end,
-checkpoint save and load, ...). A subclass that overrides one of them as it would on any
-``LightningModule``, without calling ``super()``, used to cut the library's part out silently.
+A ``LossDictModule`` does its work from Lightning hooks (batch start and end, checkpoint save and
+load, ...). Lightning calls a module's hook by name, so a subclass that overrides one without
+``super()`` would cut the library's part out. So every hook in :data:`HOOKS` runs the library's
+part exactly once per call, whoever defines the hook:
 
-Why not an internal callback: Lightning calls callbacks whatever a subclass overrides, but it
-dispatches every callback hook through a profiler context (about seven Python calls per hook per
-callback), six of them per training step even when the callback implements none: more than the
-whole per-step budget of the library. Wrapping at class creation costs nothing when a hook is
-not overridden and one call when it is, in the spirit of torchmetrics' wrapped ``update``.
+- the module's own method (made by :func:`install`) runs it when nothing overrides it;
+- a subclass's override is wrapped at class creation (:func:`chain`, from
+  ``__init_subclass__``): the wrapper runs it, then the user's function; wrappers reached through
+  ``super()`` skip it, and so does the module's own method reached that way;
+- a hook assigned after the class was made, on the class or on one instance, is wrapped when
+  the next ``fit``/``validate``/``test`` begins (:func:`adopt`), before it can be called.
 
-How: :func:`chain` runs in ``LossDictModule.__init_subclass__``. For each chained hook that a
-class resolves to a function that is not the library's own, it installs a wrapper that first runs
-the library's part (the method of the same name on the module's ``Lifecycle``) and then the
-user's function. The library's part
-runs exactly once per call, however the overrides chain through ``super()``:
+Why not an internal callback for all of it: Lightning dispatches every callback hook through a
+profiler context (about seven Python calls per hook per callback), six of them per training step,
+more than the library's whole per-step budget. Wrapping costs nothing for a hook that is not
+overridden. (The epoch ends do run in a callback, one whose per-step hooks are switched off: see
+``epoch_ends``.)
 
-- a wrapper runs it only when it is the method the instance's class resolves to (the outermost
-  override); the wrappers of base classes reached through ``super()`` skip it;
-- ``LossDictModule``'s own hook runs it only when it is itself what the class resolves to, so a
-  ``super()`` call that reaches it from an override does nothing more.
+The owner of each hook's work is the module's ``Core`` ("core") or the running ``FitSession``
+("fit", nothing outside a fit): ``Core.parts`` maps each hook to it. ``configure_optimizers``
+is wrapped the same way so that a route map it returns, from the class itself or a mixin,
+becomes one ``RoutedOptimizer``.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
-from typing import Any
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-#: The attribute that marks a wrapper installed by :func:`chain` (and the function it wraps).
+import lightning.pytorch as pl
+from torch.nn.modules.module import register_module_module_registration_hook
+
+
+class Hook(NamedTuple):
+    name: str
+    owner: str  # "core" or "fit"
+
+
+#: Every hook the library takes part in, and who does its work.
+HOOKS = (
+    Hook("configure_callbacks", "core"),
+    Hook("setup", "core"),
+    Hook("on_fit_start", "core"),
+    Hook("on_train_batch_start", "fit"),
+    Hook("on_train_batch_end", "fit"),
+    Hook("on_before_optimizer_step", "fit"),
+    Hook("on_train_end", "fit"),
+    Hook("on_validation_start", "core"),
+    Hook("on_test_start", "core"),
+    Hook("on_validation_epoch_start", "core"),
+    Hook("on_test_epoch_start", "core"),
+    Hook("on_validation_batch_start", "core"),
+    Hook("on_validation_batch_end", "core"),
+    Hook("on_test_batch_start", "core"),
+    Hook("on_test_batch_end", "core"),
+    Hook("on_save_checkpoint", "core"),
+    Hook("on_load_checkpoint", "core"),
+    Hook("teardown", "core"),
+)
+NAMES = tuple(hook.name for hook in HOOKS)
+FIT_HOOKS = tuple(hook.name for hook in HOOKS if hook.owner == "fit")
+#: Marks a wrapper made here (its value: the function it wraps).
 _WRAPPED = "_lightning_losses_wraps"
+#: Per hook: what each class resolves it to (filled as classes are made). The methods below
+#: ask it whether they are the outermost definition: a subscript and an identity test, where
+#: ``getattr(type(self), name)`` would be a call on every hook of every step.
+_RESOLVED: dict[str, dict[type, Any]] = {name: {} for name in NAMES}
 
 
-def chain(cls: type, hooks: Iterable[str], base: type) -> None:
-    """Wrap every hook of ``cls`` that resolves to a user's function (see the module docstring)."""
-    for hook in hooks:
-        resolved = getattr(cls, hook)
-        if resolved is getattr(base, hook) or getattr(resolved, _WRAPPED, None) is not None:
-            continue  # the library's own hook, or a wrapper an ancestor installed already
-        setattr(cls, hook, _wrap(hook, resolved))
+def nothing(*args: Any, **kwargs: Any) -> None:
+    """A fit hook's part outside a fit (see ``Core.parts``)."""
 
 
-def _wrap(hook: str, user: Callable[..., Any]) -> Callable[..., Any]:
+def install(cls: type) -> None:
+    """Give ``cls`` (``LossDictModule``) its own method for every hook of the list."""
+    for name in NAMES:
+        method = _own(name, getattr(pl.LightningModule, name))
+        setattr(cls, name, method)
+        _RESOLVED[name][cls] = method
+    cls.configure_optimizers._routes_translated = True  # type: ignore[attr-defined]
+
+
+def _own(name: str, lightning: Callable[..., Any]) -> Callable[..., Any]:
+    resolved = _RESOLVED[name]
+    returns_list = name == "configure_callbacks"  # (Lightning's default returns [])
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # not when an override's wrapper already ran it (a super() call reaching this method)
+        if resolved[type(self)] is method and name not in self.__dict__:
+            self._core.parts[name](*args, **kwargs)
+        return [] if returns_list else None
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"Lightning's ``{name}``; the library's part runs here (see session/hooks.py)."
+    method.__signature__ = inspect.signature(lightning)  # type: ignore[attr-defined]
+    return method
+
+
+def chain(cls: type, base: type) -> None:
+    """Wrap every hook of ``cls`` that resolves to a user's function, and its
+    ``configure_optimizers`` (which may come from a mixin) so that a route map is translated."""
+    for name in NAMES:
+        resolved = getattr(cls, name)
+        if resolved is not getattr(base, name) and getattr(resolved, _WRAPPED, None) is None:
+            resolved = _wrapped(name, resolved)  # (else ours, or an ancestor's wrapper)
+            setattr(cls, name, resolved)
+        _RESOLVED[name][cls] = resolved
+    own = cls.configure_optimizers  # type: ignore[attr-defined]
+    if not getattr(own, "_routes_translated", False):
+        cls.configure_optimizers = _translating(own)  # type: ignore[attr-defined]
+
+
+def _wrapped(name: str, user: Callable[..., Any]) -> Callable[..., Any]:
+    resolved = _RESOLVED[name]
+
     @functools.wraps(user)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if getattr(type(self), hook) is wrapper:  # the outermost override: ours runs here
-            getattr(self._lifecycle, hook)(*args, **kwargs)
+        if resolved[type(self)] is wrapper and name not in self.__dict__:  # the outermost
+            self._core.parts[name](*args, **kwargs)
         return user(self, *args, **kwargs)
 
     setattr(wrapper, _WRAPPED, user)
     return wrapper
 
 
-def is_outermost(module: Any, hook: str, base: type) -> bool:
-    """For the library's own hook: whether it is what the module's class resolves to (else a
-    wrapper ran the library's part already, and this is a ``super()`` call reaching it)."""
-    return getattr(type(module), hook) is getattr(base, hook)
+def _translating(user: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(user)  # (its __wrapped__ is what Core.peek_routes reads route names from)
+    def configure_optimizers(self: Any) -> Any:
+        return self._core.translate_routes(user(self))
+
+    configure_optimizers._routes_translated = True  # type: ignore[attr-defined]
+    return configure_optimizers
+
+
+def adopt(module: Any, base: type) -> None:
+    """Hooks assigned after ``module``'s class was made: wrapped before the call that begins
+    can reach them (a class attribute like an override, an instance's own like a method)."""
+    chain(type(module), base)
+    own = module.__dict__
+    for name in NAMES:
+        function = own.get(name)
+        if function is not None and getattr(function, _WRAPPED, None) is None:
+            own[name] = _wrapped_on_instance(module, name, function)
+    function = own.get("configure_optimizers")
+    if function is not None and not getattr(function, "_routes_translated", False):
+        core = module._core
+        own["configure_optimizers"] = functools.wraps(function)(
+            lambda: core.translate_routes(function())
+        )
+        own["configure_optimizers"]._routes_translated = True
+
+
+def _wrapped_on_instance(module: Any, name: str, user: Callable[..., Any]) -> Any:
+    @functools.wraps(user)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        module._core.parts[name](*args, **kwargs)
+        return user(*args, **kwargs)
+
+    setattr(wrapper, _WRAPPED, user)
+    return wrapper
+
+
+# ---------------------------------------------------------------- options that are modules
+
+#: Module-valued options that take effect when assigned (API.md §10): ``nn.Module.__setattr__``
+#: registers a module without calling a property's setter, so a global registration hook (one
+#: call per submodule registered anywhere, none per step) hands the assignment to the ``Core``.
+_SETTERS = {"weighting": "set_weighting", "aggregator": "set_aggregator"}
+_SETTERS["eval_metrics"] = "set_eval_metrics"
+
+
+def _assigned(module: Any, name: str, value: Any) -> Any:
+    if name not in _SETTERS:
+        return None
+    core = module.__dict__.get("_core")
+    if core is None:  # (a module under construction: its constructor decides)
+        return None
+    return getattr(core, _SETTERS[name])(value)
+
+
+register_module_module_registration_hook(_assigned)

@@ -28,7 +28,13 @@ class KeySelector:
     checkpoints. Before any training step there is no verdict: what the configuration names
     (``loss_keys``, a weighting's terms, ``loss_weights`` patterns, routes) decides, and a 0-dim
     floating tensor nothing names is a term unless the named terms are all there are (the caller
-    warns once about such a guess).
+    warns once about such a guess). A list that names every term there is (a weighting's terms,
+    routes without a ``"loss"`` route) wins over a pattern that merely matches: a weighting
+    weighs exactly its own terms.
+
+    ``version`` changes whenever a verdict could change (a name becomes a term, a name is added
+    with ``add_metric``, verdicts are restored): a cached decision keeps the version it was made
+    under and is made again when it differs.
 
     Explicit ``loss_keys`` decide by name alone, in every stage. Verdicts on names and patterns are
     cached; the entries of ``loss_keys`` that matched are remembered so that one which never
@@ -68,11 +74,14 @@ class KeySelector:
                 "a collection of them, or a callable name -> bool"
             )
         self._verdicts: BoundedCache[str, bool] = BoundedCache(4096)
-        #: What the configuration calls a loss term (``loss_weights`` entries, a weighting's term
-        #: list): before any training step these decide (see :meth:`before_training`).
+        #: What the configuration calls a loss term (``loss_weights`` entries, route names):
+        #: before any training step these decide (see :meth:`before_training`).
         self._named: NamePatterns[bool] = NamePatterns()
-        #: Whether the named terms are all the terms there are (a weighting's list is).
+        #: Lists that name every term there is (a weighting's terms): they decide alone.
+        self._all: NamePatterns[bool] = NamePatterns()
         self._named_all = False
+        #: Changes whenever a verdict could (see the class docstring).
+        self.version = 0
         #: Names added with ``add_metric``: never a term.
         self.added_metrics: set[str] = set()
         #: Pass-through outputs warned about as possible unreduced losses.
@@ -93,28 +102,38 @@ class KeySelector:
     def name_terms(self, names: Collection[str], all_terms: bool = False) -> None:
         """Names or glob patterns the configuration calls loss terms; ``all_terms`` when no other
         name can be one (a weighting weighs exactly its own list)."""
-        self._named.extend((n, True) for n in names if isinstance(n, str) and n)
-        self._named_all = self._named_all or all_terms
+        entries = [(n, True) for n in names if isinstance(n, str) and n]
+        if all_terms:
+            self._all.extend(entries)
+            self._named_all = True
+        else:
+            self._named.extend(entries)
 
     def named(self, name: str) -> bool:
         """Whether the configuration calls ``name`` a loss term."""
+        if self._named_all:
+            return self._all.match(name, False)
         return self._named.match(name, False)
 
     def before_training(self, name: str) -> bool:
         """Whether ``name`` is a term before any training step has told terms by gradient.
 
-        An added metric never is; a name the configuration calls a term is; any other is a term
-        unless the named terms are all there are (then it is a metric).
+        An added metric never is; where a list names every term there is, a term is one it
+        names; otherwise a name the configuration calls a term is, and so is any other (a guess).
         """
         if name in self.added_metrics:
             return False
-        if self.named(name):
-            return True
-        return not self._named_all
+        return self.named(name) or not self._named_all
 
     def guessed(self, name: str) -> bool:
         """Whether calling ``name`` a term before training is a guess (nothing names it)."""
         return name not in self.added_metrics and not self._named_all and not self.named(name)
+
+    def add_metrics(self, names: Collection[str]) -> None:
+        """Names added with ``add_metric`` in a step: never terms from now on."""
+        if not self.added_metrics.issuperset(names):
+            self.added_metrics.update(names)
+            self.version += 1
 
     @property
     def trained(self) -> bool:
@@ -129,8 +148,10 @@ class KeySelector:
             return False
         if training and torch.is_grad_enabled():
             if value.requires_grad or name in self.trained_terms:
-                self.trained_terms.add(name)
-                self.trained_metrics.discard(name)
+                if name not in self.trained_terms:
+                    self.trained_terms.add(name)
+                    self.trained_metrics.discard(name)
+                    self.version += 1
                 return True
             self.trained_metrics.add(name)
             return False
@@ -144,6 +165,7 @@ class KeySelector:
     def load_state(self, state: Mapping[str, Any]) -> None:
         self.trained_terms = set(state.get("terms", ()))
         self.trained_metrics = set(state.get("metrics", ())) - self.trained_terms
+        self.version += 1
 
     def __call__(self, name: str) -> bool:
         verdict = self._verdicts.get(name)

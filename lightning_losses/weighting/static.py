@@ -68,6 +68,8 @@ class LossWeights:
                 f"loss_weights is {describe(loss_weights)}; expected a mapping from names or "
                 "glob patterns to floats or callables step -> float"
             )
+        #: The mapping as given (names or patterns -> constant or schedule).
+        self.given: dict[str, WeightValue] = dict(loss_weights)
         entries: list[tuple[str, WeightValue]] = []
         for name, value in loss_weights.items():
             if not isinstance(name, str) or not name:

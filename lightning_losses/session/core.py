@@ -1,0 +1,435 @@
+"""The library's side of one ``LossDictModule``: its parts, and what each hook asks of them.
+
+``LossDictModule`` is the public surface; its hooks (generated from one list, see ``hooks``)
+call the methods of the same name here, or of the running :class:`~.fit.FitSession`. The parts,
+each owning one decision:
+
+    KeySelector      which returned values are terms (terms/selector.py)
+    LossWeights      static weights, per key set (weighting/static.py)
+    Total            terms -> the weighted total (weighting/total.py)
+    Guards           non-finite losses, terms without gradient, mistakes said at once
+    Recorder         plans, accumulators, writes to Lightning (logging/)
+    RoutingSession   per-key optimizers: turns, passes, clipping, resume (routing/)
+    Evaluation       validation and test (evaluation/)
+
+A fit's state (the trainer, the write schedule, the fast plans) is not here but in the fit
+session, created at ``on_fit_start`` and dropped when the fit ends.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from lightning_losses import _lightning
+from lightning_losses.checkpoints import hparams
+from lightning_losses.checkpoints import state as checkpoint_state
+from lightning_losses.evaluation import predictions
+from lightning_losses.evaluation.loop import Evaluation
+from lightning_losses.gradients.diagnostics import GradientDiagnostics, gradient_statistics
+from lightning_losses.gradients.shared import SharedParameters
+from lightning_losses.logging.recorder import Recorder
+from lightning_losses.routing import config as routing_config
+from lightning_losses.routing.session import RoutingSession, is_routed, translate
+from lightning_losses.session import epoch_ends, hooks
+from lightning_losses.session.fit import FitSession
+from lightning_losses.session.guards import Guards
+from lightning_losses.session.steps import StepOutput, fast_step, joint_step
+from lightning_losses.terms import added
+from lightning_losses.terms.calling import ModelCall
+from lightning_losses.terms.parse import ParsedOutput
+from lightning_losses.terms.selector import KeySelector
+from lightning_losses.terms.values import describe
+from lightning_losses.weighting.scalarizer import ScalarizerWeighting, is_scalarizer
+from lightning_losses.weighting.static import LossWeights
+from lightning_losses.weighting.total import Combined, Total
+
+STAGES = ("train", "val", "test")
+
+
+def check_arguments(
+    model: Any, weighting: Any, aggregator: Any, optimizer: Any, lr_scheduler: Any, inputs: Any
+) -> Any:
+    """The constructor's arguments that no single part owns, checked; returns the weighting to
+    use (a torchjd scalarizer is wrapped in ``ScalarizerWeighting``)."""
+    for name, value in (("model", model), ("weighting", weighting)):
+        if value is not None and not isinstance(value, nn.Module):
+            raise TypeError(f"{name} is {describe(value)}; expected an nn.Module or None")
+    if weighting is not None and is_scalarizer(weighting):  # torchjd's FAMO, IMTLL, ...
+        weighting = ScalarizerWeighting(weighting)
+    if aggregator is not None and not callable(aggregator):
+        raise TypeError(
+            f"aggregator is {describe(aggregator)}; expected a callable [K, P] -> [P] such as "
+            "torchjd.aggregation.UPGrad() or None"
+        )
+    if aggregator is not None and weighting is not None:
+        raise ValueError(
+            f"weighting={type(weighting).__name__}(...) and aggregator={aggregator!r} both "
+            "decide how the terms combine; expected one of them (static loss_weights still "
+            "scale the terms before aggregation)"
+        )
+    for name, value in (("optimizer", optimizer), ("lr_scheduler", lr_scheduler)):
+        if value is not None and not callable(value):
+            raise TypeError(f"{name} is {describe(value)}; expected a callable or None")
+    if inputs is not None and not callable(inputs):
+        raise TypeError(
+            f"metric_inputs is {describe(inputs)}; expected a callable (predictions, batch) -> "
+            "arguments of metric.update"
+        )
+    for part in (model, weighting, aggregator):
+        if isinstance(part, nn.Module) and hparams.is_skeleton(part):
+            hparams.materialize(part)  # a skeleton from a checkpoint's hyperparameters
+    return weighting
+
+
+class Core:
+    """The parts of one module and the hooks' work (see the module docstring)."""
+
+    def __init__(self, module: Any, options: Mapping[str, Any], weighting: Any) -> None:
+        self.module = module
+        self.loss_keys = options["loss_keys"]
+        self.select = KeySelector(options["loss_keys"], options["total_key"])
+        # before the first training step, what the configuration names decides (API.md §1)
+        self.select.name_terms(list(options["loss_weights"] or ()))
+        self.weights = LossWeights(options["loss_weights"])
+        self.total = Total(weighting)
+        self.scalarizer = isinstance(weighting, ScalarizerWeighting)
+        self._name_weighting_terms(weighting)
+        self.guards = Guards(module, options["nonfinite"])
+        self.recorder = Recorder(self.weights, tuple(options["prog_bar"]))
+        self.routing = RoutingSession(options["route_mode"])
+        self.model_call = ModelCall(options["call"])
+        self.eval_metrics, self._inputs = options["metrics"], options["inputs"]
+        metrics = self.eval_metrics
+        self.evaluation = Evaluation(
+            module,
+            self.select,
+            self.recorder,
+            self.total,
+            options["eval_losses"],
+            None if metrics is None else predictions.EvalMetrics(metrics, self._inputs),
+        )
+        self._provided_validation_step = options["provided_validation_step"]
+        self.aggregator = options["aggregator"]
+        self.shared = SharedParameters(options["shared_parameters"])
+        every = options["grad_diagnostics_every_n_steps"]
+        self.diagnostics = None if every is None else GradientDiagnostics(every, self.shared)
+        self._undiagnosable: set[tuple[str, ...]] = set()  # key sets warned about
+        self._checked_unmatched = False
+        self._quiet: Any = None
+        #: The running fit (None outside one): see fit.py.
+        self.fit: FitSession | None = None
+        self._bind_parts()
+
+    def _bind_parts(self) -> None:
+        #: Each hook of session/hooks.py -> the method that does the library's part of it.
+        self.parts: dict[str, Callable[..., Any]] = {
+            name: hooks.nothing if name in hooks.FIT_HOOKS else getattr(self, name)
+            for name in hooks.NAMES
+        }
+        fit = self.fit
+        if fit is not None:
+            self.parts.update({name: getattr(fit, name) for name in hooks.FIT_HOOKS})
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a pickled or deep-copied module (ddp_spawn, an EMA teacher) carries no running fit
+        state = {**self.__dict__, "fit": None, "_quiet": None}
+        del state["parts"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._bind_parts()
+
+    @property
+    def weighting(self) -> Any:
+        return self.total.weighting
+
+    def combines_terms(self) -> str | None:
+        if self.weighting is not None:
+            return "weighting"
+        return "aggregator" if self.aggregator is not None else None
+
+    def _name_weighting_terms(self, weighting: Any) -> None:
+        terms = getattr(weighting, "terms", None)
+        if isinstance(terms, tuple):  # a weighting weighs exactly its own terms
+            self.select.name_terms(terms, all_terms=True)
+
+    # ------------------------------------------------------------------ options (API.md §10)
+
+    def set_loss_weights(self, loss_weights: Any) -> None:
+        """``module.loss_weights = {...}``: takes effect from the next step."""
+        self.weights = self.recorder.weights = LossWeights(loss_weights)
+        self.select.name_terms(list(loss_weights or ()))
+        self.plans_changed()
+
+    def set_nonfinite(self, nonfinite: Any) -> None:
+        """``module.nonfinite = ...``: takes effect from the next step."""
+        self.guards.set_mode(nonfinite)
+        self.plans_changed()
+
+    def set_weighting(self, weighting: Any) -> Any:
+        """``module.weighting = ...`` (see hooks.guard_assignment): takes effect from the next
+        step; returns what the module registers (a torchjd scalarizer, wrapped)."""
+        weighting = check_arguments(None, weighting, self.aggregator, None, None, None)
+        self.total.weighting = weighting
+        self.scalarizer = isinstance(weighting, ScalarizerWeighting)
+        self._name_weighting_terms(weighting)
+        self.plans_changed()
+        return weighting
+
+    def set_aggregator(self, aggregator: Any) -> None:
+        check_arguments(None, self.weighting, aggregator, None, None, None)
+        self.aggregator = aggregator
+        self.plans_changed()
+
+    def set_eval_metrics(self, metrics: Any) -> Any:
+        """``module.eval_metrics = ...``: the next evaluation epoch updates copies of these."""
+        collection = None if metrics is None else predictions.as_collection(metrics)
+        self.eval_metrics = collection
+        self.evaluation.metrics = (
+            None if collection is None else predictions.EvalMetrics(collection, self._inputs)
+        )
+        return collection
+
+    def set_route_mode(self, route_mode: Any) -> None:
+        """``module.route_mode = ...``: for the next fit (a running one keeps its own)."""
+        if self.fit is not None:
+            raise RuntimeError(
+                f"route_mode={route_mode!r} assigned during a fit, which keeps the mode it "
+                "started with; expected it set before trainer.fit (or in the constructor)"
+            )
+        self.routing.set_route_mode(route_mode)
+
+    def refuse(self, name: str, value: Any) -> None:
+        """An option that cannot change after construction: say so rather than ignore it."""
+        raise AttributeError(
+            f"{type(self.module).__name__}.{name} cannot change after construction (assigned "
+            f"{describe(value)}); expected it passed to the constructor: "
+            f"super().__init__({name}=...) or LossDictModule(model, {name}=...)"
+        )
+
+    def plans_changed(self) -> None:
+        """What a step planned from the options no longer holds: staged rows are added to the
+        window as they were planned, then every plan is made again."""
+        log = self.recorder.log
+        log.flush()
+        log.session.plans.clear()
+        if self.fit is not None:
+            self.fit.choose_step()
+
+    # ------------------------------------------------------------------ steps
+
+    def step(self, output: Any, stage: str, batch: Any, loader: int | None) -> StepOutput:
+        """``total_loss``: reduce what ``forward`` returned and record it (see steps.py)."""
+        collected = added.STEP.get()  # add_loss / add_metric: this step's collection
+        if collected is not None and collected.owner is self.module:
+            added.STEP.set(None)
+            if collected.metrics:
+                self.select.add_metrics(collected.metrics)  # never a term
+                output = added.merge(output, collected)
+            elif collected.losses:
+                output = added.merge(output, collected)
+        if stage == "train":
+            fit = self.fit
+            if fit is None:  # outside a fit: recorded, never written
+                return joint_step(None, self, output).returned()
+            step = None
+            fast = fit.fast
+            if fast is not None and type(output) is dict:
+                keyset = fast.get(tuple(output))
+                if keyset is not None:
+                    step = fast_step(fit, keyset, output)
+            if step is None:
+                step = fit.full_step(output)
+            return step.objective if step.outputs is None else step.returned()
+        if stage not in STAGES:
+            raise ValueError(f"stage={stage!r}; expected one of {', '.join(map(repr, STAGES))}")
+        trainer = _lightning.trainer_or_none(self.module)
+        if loader is None:
+            loader = _lightning.current_dataloader_idx(trainer)
+        return self.evaluation.step(output, stage, batch, loader, trainer)
+
+    def record_train(
+        self, parsed: ParsedOutput, plan: Any, combined: Combined | None, step: int
+    ) -> None:
+        self.recorder.record(
+            "train",
+            parsed,
+            plan,
+            combined,
+            self.module.device,
+            step=step,
+            check_nonfinite=self.guards.nonfinite == "raise",
+        )
+
+    def diagnose(self, names: tuple[str, ...], terms: list[Tensor]) -> None:
+        """Record gradient norms and cosines on the shared parameters (see diagnostics.py)."""
+        assert self.diagnostics is not None
+        if not torch.is_grad_enabled() or not any(t.requires_grad for t in terms):
+            return
+        params = self.diagnostics.parameters(self.module, names, terms)
+        if not params:
+            if names not in self._undiagnosable:
+                self._undiagnosable.add(names)
+                rank_zero_warn(
+                    f"gradient diagnostics: no trainable parameter is reached by two or more of "
+                    f"the terms {list(names)}; pass shared_parameters= to name the shared ones"
+                )
+            return
+        self.recorder.record_diagnostics(names, gradient_statistics(terms, params))
+
+    def warn_unmatched_once(self) -> None:
+        """After the first training epoch: configuration names that matched no term."""
+        if self._checked_unmatched:
+            return
+        self._checked_unmatched = True
+        for source, entries in (
+            ("loss_weights", self.weights.unmatched()),
+            ("loss_keys", self.select.unmatched()),
+            ("optimizer route", self.routing.unmatched()),
+        ):
+            for entry in entries:
+                rank_zero_warn(
+                    f"{source} entry {entry!r} matched no loss term during the first "
+                    "training epoch; check its spelling"
+                )
+
+    # ------------------------------------------------------------------ optimizers
+
+    def translate_routes(self, config: Any) -> Any:
+        """What ``configure_optimizers`` returned, a route map made one ``RoutedOptimizer``.
+        Route names are term names: before the first training step they decide (API.md §1)."""
+        if not routing_config.is_route_map(config):
+            return config
+        self._name_route_terms(config)
+        return translate(config, self.module)
+
+    def _name_route_terms(self, config: Mapping[Any, Any]) -> None:
+        routed = [name for key in config for name in ((key,) if isinstance(key, str) else key)]
+        self.select.name_terms([n for n in routed if n != "loss"], all_terms="loss" not in routed)
+
+    def peek_routes(self) -> None:
+        """``validate()``/``test()`` before any training: the route names decide which values
+        are terms, so read them from ``configure_routes`` or ``configure_optimizers``. The
+        optimizers built are dropped; one that cannot be built outside a fit (a scheduler that
+        reads ``trainer.estimated_stepping_batches``) leaves the routes unread."""
+        module = self.module
+        try:
+            config = module.configure_routes()
+            if config is None and hasattr(type(module).configure_optimizers, "__wrapped__"):
+                config = type(module).configure_optimizers.__wrapped__(module)
+        except Exception:  # (a configure_optimizers meant for fit only: nothing to read)
+            return
+        if routing_config.is_route_map(config):
+            self._name_route_terms(config)
+
+    def active_routes(self) -> frozenset[str]:
+        return self.routing.active_routes(_lightning.trainer_or_none(self.module))
+
+    def clip(self, optimizer: Optimizer, clip_val: float | None, algorithm: str | None) -> None:
+        """``configure_gradient_clipping``: Lightning's clipping, per route with routes."""
+        module = self.module
+        if self.routing.single_optimizer:  # known from this fit's first batch
+            if clip_val is not None:
+                module.clip_gradients(optimizer, clip_val, algorithm)
+            return
+        composite = is_routed(optimizer)
+        if composite is not None:
+            self.routing.clip(module, composite, clip_val, algorithm)
+        elif clip_val is not None:  # (else Lightning's own hook would do nothing either)
+            module.clip_gradients(optimizer, clip_val, algorithm)
+
+    # ------------------------------------------------------------------ hooks outside a fit
+
+    def configure_callbacks(self) -> None:
+        # A trainer is attached and Lightning checks its loops right after this hook (before
+        # setup). This module provides validation_step for those who validate: one withdrawn
+        # for the last fit (see setup) is back, and a fit without a val loader should not be
+        # told "You defined a validation_step" (lifted again in setup).
+        module = self.module
+        module.__dict__.pop("validation_step", None)
+        if self._quiet is None:
+            self._quiet = _lightning.quiet_unused_validation_step()
+        epoch_ends.attach(module.trainer)
+
+    def setup(self, stage: str) -> None:
+        _lightning.unquiet(self._quiet)
+        self._quiet = None
+        module = self.module
+        epoch_ends.attach(module.trainer)  # (also where configure_callbacks was replaced)
+        # Tuner.scale_batch_size requests a val loader wherever validation_step is defined: the
+        # provided one is withdrawn for a fit without a val loader.
+        if (
+            stage == "fit"
+            and type(module).validation_step is self._provided_validation_step
+            and not _lightning.fit_has_val_loader(module.trainer)
+        ):
+            module.validation_step = functools.partial(pl.LightningModule.validation_step, module)
+
+    def on_fit_start(self) -> None:
+        self.setup("fit")
+        trainer = self.module.trainer
+        self.recorder.log.begin("fit")
+        self.recorder.summaries.reset()
+        self.routing.begin_fit()
+        self.routing.check_restored_routes(trainer)
+        self.fit = FitSession(self, trainer)
+        self._bind_parts()
+
+    def teardown(self, stage: str) -> None:
+        """The call ends: the module keeps no trainer, no run (API.md §10)."""
+        self.fit = None
+        self._bind_parts()
+        self.routing.end_fit()
+
+    def on_validation_start(self) -> None:
+        trainer = self.module.trainer
+        if _lightning.running(trainer) == "fit":
+            if self.fit is not None:  # a validation inside the fit belongs to it
+                self.fit.check_nonfinite_now()
+            return
+        self.recorder.log.begin("validate")  # validate(): a call of its own
+        self._before_evaluation()
+
+    def on_test_start(self) -> None:
+        self.recorder.log.begin("test")
+        self._before_evaluation()
+
+    def _before_evaluation(self) -> None:
+        if not self.select.trained and not self.select.explicit:
+            self.peek_routes()
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluation.begin("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.evaluation.begin("test")
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, loader: int = 0) -> None:
+        added.open_step(self.module, fresh=True)
+
+    on_test_batch_start = on_validation_batch_start
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        added.close(self.module)
+
+    on_test_batch_end = on_validation_batch_end
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.fit is not None:  # no checkpoint between a non-finite step and the raise
+            self.fit.check_nonfinite_now()
+        checkpoint_state.save(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint_state.load(self, checkpoint)
+
+
+__all__ = ["STAGES", "Core", "check_arguments"]
