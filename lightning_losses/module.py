@@ -21,9 +21,10 @@ from lightning_losses.checkpoints import hparams
 from lightning_losses.evaluation import predictions as evaluation
 from lightning_losses.evaluation.batches import batch_size
 from lightning_losses.routing.session import RouteMode
-from lightning_losses.session import hooks
-from lightning_losses.session.core import Core, check_arguments
+from lightning_losses.session import hooks, options
+from lightning_losses.session.core import Core
 from lightning_losses.session.guards import NonFinite
+from lightning_losses.session.options import check_arguments
 from lightning_losses.session.steps import StepOutput
 from lightning_losses.terms.calling import Call
 from lightning_losses.terms.selector import LossKeys
@@ -166,88 +167,18 @@ class LossDictModule(pl.LightningModule):
         hooks.chain(cls, LossDictModule)  # overrides without super(); route maps translated
 
     # ------------------------------------------------------------------ options (API.md §10)
-    # Assigning one takes effect (or is refused, saying how to change it); never ignored.
+    # Assigning one takes effect, or is refused saying how to change it; never ignored.
 
-    @property
-    def loss_weights(self) -> dict[str, WeightValue]:
-        """The weights as given (names or patterns -> constant or schedule); unlisted weigh 1.
-        Assigning a new mapping takes effect from the next step."""
-        return self._core.weights.given
-
-    @loss_weights.setter
-    def loss_weights(self, value: Mapping[str, WeightValue] | None) -> None:
-        self._core.set_loss_weights(value)
-
-    @property
-    def nonfinite(self) -> NonFinite:
-        """What a non-finite loss term does (``"raise"``, ``"skip"``, ``"off"``); assignable."""
-        return self._core.guards.nonfinite
-
-    @nonfinite.setter
-    def nonfinite(self, value: NonFinite) -> None:
-        self._core.set_nonfinite(value)
-
-    @property
-    def loss_keys(self) -> LossKeys:
-        """Which entries are loss terms, as given; fixed at construction."""
-        return self._core.loss_keys
-
-    @loss_keys.setter
-    def loss_keys(self, value: LossKeys) -> None:
-        self._core.refuse("loss_keys", value)
-
-    @property
-    def route_mode(self) -> RouteMode:
-        """``"joint"`` or ``"sequential"``; assignable between fits."""
-        return self._core.routing.route_mode
-
-    @route_mode.setter
-    def route_mode(self, value: RouteMode) -> None:
-        self._core.set_route_mode(value)
-
-    @property
-    def eval_losses(self) -> evaluation.EvalLosses:
-        """Where ``val/`` and ``test/`` losses come from; assignable."""
-        return self._core.evaluation.eval_losses
-
-    @eval_losses.setter
-    def eval_losses(self, value: evaluation.EvalLosses) -> None:
-        evaluation.check_eval_losses(value)
-        self._core.evaluation.eval_losses = value
-
-    # weighting, aggregator and eval_metrics are modules: assigning one goes through
-    # session/hooks.py (nn.Module registers a module without calling a setter); these setters
-    # take what is not a module (None, a plain callable aggregator).
-
-    @property
-    def weighting(self) -> nn.Module | None:
-        """The weighting strategy (see ``weighting=``); assignable."""
-        return self._core.weighting
-
-    @weighting.setter
-    def weighting(self, value: nn.Module | None) -> None:
-        if "_core" in self.__dict__:  # (the constructor hands it to the Core itself)
-            self._core.set_weighting(value)
-
-    @property
-    def aggregator(self) -> Callable[[Tensor], Tensor] | None:
-        """The gradient aggregator (see ``aggregator=``); assignable."""
-        return self._core.aggregator
-
-    @aggregator.setter
-    def aggregator(self, value: Callable[[Tensor], Tensor] | None) -> None:
-        if "_core" in self.__dict__:
-            self._core.set_aggregator(value)
-
-    @property
-    def eval_metrics(self) -> Any:
-        """The evaluation metrics' template (see ``metrics=``); assignable."""
-        return self._core.eval_metrics
-
-    @eval_metrics.setter
-    def eval_metrics(self, value: Any) -> None:
-        if "_core" in self.__dict__:
-            self._core.set_eval_metrics(value)
+    loss_weights = options.attribute(
+        "loss_weights", "The weights as given (names or patterns -> constant or schedule)."
+    )
+    nonfinite = options.attribute("nonfinite", "What a non-finite loss term does.")
+    loss_keys = options.attribute("loss_keys", "Which entries are terms; fixed at construction.")
+    route_mode = options.attribute("route_mode", "``joint`` or ``sequential``; between fits.")
+    eval_losses = options.attribute("eval_losses", "Where val/ and test/ losses come from.")
+    weighting = options.attribute("weighting", "The weighting strategy (``weighting=``).")
+    aggregator = options.attribute("aggregator", "The gradient aggregator (``aggregator=``).")
+    eval_metrics = options.attribute("eval_metrics", "The evaluation metrics' template.")
 
     # ------------------------------------------------------------------ forward and steps
 

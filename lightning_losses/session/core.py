@@ -25,11 +25,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_losses import _lightning
-from lightning_losses.checkpoints import hparams
 from lightning_losses.checkpoints import state as checkpoint_state
 from lightning_losses.evaluation import predictions
 from lightning_losses.evaluation.loop import Evaluation
@@ -46,47 +45,11 @@ from lightning_losses.terms import added
 from lightning_losses.terms.calling import ModelCall
 from lightning_losses.terms.parse import ParsedOutput
 from lightning_losses.terms.selector import KeySelector
-from lightning_losses.terms.values import describe
-from lightning_losses.weighting.scalarizer import ScalarizerWeighting, is_scalarizer
+from lightning_losses.weighting.scalarizer import ScalarizerWeighting
 from lightning_losses.weighting.static import LossWeights
 from lightning_losses.weighting.total import Combined, Total
 
 STAGES = ("train", "val", "test")
-
-
-def check_arguments(
-    model: Any, weighting: Any, aggregator: Any, optimizer: Any, lr_scheduler: Any, inputs: Any
-) -> Any:
-    """The constructor's arguments that no single part owns, checked; returns the weighting to
-    use (a torchjd scalarizer is wrapped in ``ScalarizerWeighting``)."""
-    for name, value in (("model", model), ("weighting", weighting)):
-        if value is not None and not isinstance(value, nn.Module):
-            raise TypeError(f"{name} is {describe(value)}; expected an nn.Module or None")
-    if weighting is not None and is_scalarizer(weighting):  # torchjd's FAMO, IMTLL, ...
-        weighting = ScalarizerWeighting(weighting)
-    if aggregator is not None and not callable(aggregator):
-        raise TypeError(
-            f"aggregator is {describe(aggregator)}; expected a callable [K, P] -> [P] such as "
-            "torchjd.aggregation.UPGrad() or None"
-        )
-    if aggregator is not None and weighting is not None:
-        raise ValueError(
-            f"weighting={type(weighting).__name__}(...) and aggregator={aggregator!r} both "
-            "decide how the terms combine; expected one of them (static loss_weights still "
-            "scale the terms before aggregation)"
-        )
-    for name, value in (("optimizer", optimizer), ("lr_scheduler", lr_scheduler)):
-        if value is not None and not callable(value):
-            raise TypeError(f"{name} is {describe(value)}; expected a callable or None")
-    if inputs is not None and not callable(inputs):
-        raise TypeError(
-            f"metric_inputs is {describe(inputs)}; expected a callable (predictions, batch) -> "
-            "arguments of metric.update"
-        )
-    for part in (model, weighting, aggregator):
-        if isinstance(part, nn.Module) and hparams.is_skeleton(part):
-            hparams.materialize(part)  # a skeleton from a checkpoint's hyperparameters
-    return weighting
 
 
 class Core:
@@ -101,12 +64,12 @@ class Core:
         self.weights = LossWeights(options["loss_weights"])
         self.total = Total(weighting)
         self.scalarizer = isinstance(weighting, ScalarizerWeighting)
-        self._name_weighting_terms(weighting)
+        self.name_weighting_terms(weighting)
         self.guards = Guards(module, options["nonfinite"])
         self.recorder = Recorder(self.weights, tuple(options["prog_bar"]))
         self.routing = RoutingSession(options["route_mode"])
         self.model_call = ModelCall(options["call"])
-        self.eval_metrics, self._inputs = options["metrics"], options["inputs"]
+        self.eval_metrics, self.inputs = options["metrics"], options["inputs"]
         metrics = self.eval_metrics
         self.evaluation = Evaluation(
             module,
@@ -114,7 +77,7 @@ class Core:
             self.recorder,
             self.total,
             options["eval_losses"],
-            None if metrics is None else predictions.EvalMetrics(metrics, self._inputs),
+            None if metrics is None else predictions.EvalMetrics(metrics, self.inputs),
         )
         self._provided_validation_step = options["provided_validation_step"]
         self.aggregator = options["aggregator"]
@@ -157,64 +120,10 @@ class Core:
             return "weighting"
         return "aggregator" if self.aggregator is not None else None
 
-    def _name_weighting_terms(self, weighting: Any) -> None:
+    def name_weighting_terms(self, weighting: Any) -> None:
         terms = getattr(weighting, "terms", None)
         if isinstance(terms, tuple):  # a weighting weighs exactly its own terms
             self.select.name_terms(terms, all_terms=True)
-
-    # ------------------------------------------------------------------ options (API.md §10)
-
-    def set_loss_weights(self, loss_weights: Any) -> None:
-        """``module.loss_weights = {...}``: takes effect from the next step."""
-        self.weights = self.recorder.weights = LossWeights(loss_weights)
-        self.select.name_terms(list(loss_weights or ()))
-        self.plans_changed()
-
-    def set_nonfinite(self, nonfinite: Any) -> None:
-        """``module.nonfinite = ...``: takes effect from the next step."""
-        self.guards.set_mode(nonfinite)
-        self.plans_changed()
-
-    def set_weighting(self, weighting: Any) -> Any:
-        """``module.weighting = ...`` (see hooks.guard_assignment): takes effect from the next
-        step; returns what the module registers (a torchjd scalarizer, wrapped)."""
-        weighting = check_arguments(None, weighting, self.aggregator, None, None, None)
-        self.total.weighting = weighting
-        self.scalarizer = isinstance(weighting, ScalarizerWeighting)
-        self._name_weighting_terms(weighting)
-        self.plans_changed()
-        return weighting
-
-    def set_aggregator(self, aggregator: Any) -> None:
-        check_arguments(None, self.weighting, aggregator, None, None, None)
-        self.aggregator = aggregator
-        self.plans_changed()
-
-    def set_eval_metrics(self, metrics: Any) -> Any:
-        """``module.eval_metrics = ...``: the next evaluation epoch updates copies of these."""
-        collection = None if metrics is None else predictions.as_collection(metrics)
-        self.eval_metrics = collection
-        self.evaluation.metrics = (
-            None if collection is None else predictions.EvalMetrics(collection, self._inputs)
-        )
-        return collection
-
-    def set_route_mode(self, route_mode: Any) -> None:
-        """``module.route_mode = ...``: for the next fit (a running one keeps its own)."""
-        if self.fit is not None:
-            raise RuntimeError(
-                f"route_mode={route_mode!r} assigned during a fit, which keeps the mode it "
-                "started with; expected it set before trainer.fit (or in the constructor)"
-            )
-        self.routing.set_route_mode(route_mode)
-
-    def refuse(self, name: str, value: Any) -> None:
-        """An option that cannot change after construction: say so rather than ignore it."""
-        raise AttributeError(
-            f"{type(self.module).__name__}.{name} cannot change after construction (assigned "
-            f"{describe(value)}); expected it passed to the constructor: "
-            f"super().__init__({name}=...) or LossDictModule(model, {name}=...)"
-        )
 
     def plans_changed(self) -> None:
         """What a step planned from the options no longer holds: staged rows are added to the
@@ -355,6 +264,7 @@ class Core:
         # for the last fit (see setup) is back, and a fit without a val loader should not be
         # told "You defined a validation_step" (lifted again in setup).
         module = self.module
+        hooks.adopt(module)  # hooks assigned since the class was made
         module.__dict__.pop("validation_step", None)
         if self._quiet is None:
             self._quiet = _lightning.quiet_unused_validation_step()
@@ -364,7 +274,8 @@ class Core:
         _lightning.unquiet(self._quiet)
         self._quiet = None
         module = self.module
-        epoch_ends.attach(module.trainer)  # (also where configure_callbacks was replaced)
+        hooks.adopt(module)  # (again: configure_callbacks may be one of them)
+        epoch_ends.attach(module.trainer)
         # Tuner.scale_batch_size requests a val loader wherever validation_step is defined: the
         # provided one is withdrawn for a fit without a val loader.
         if (
@@ -432,4 +343,4 @@ class Core:
         checkpoint_state.load(self, checkpoint)
 
 
-__all__ = ["STAGES", "Core", "check_arguments"]
+__all__ = ["STAGES", "Core"]

@@ -141,7 +141,8 @@ def warn_unreached(module: nn.Module, names: tuple[str, ...], objective: Tensor)
         f"{type(module).__name__} ({len(params)} trainable, {frozen} frozen): their gradient "
         "flows only into frozen parameters or the inputs, so training changes nothing; "
         "expected terms computed from trainable parameters (unfreeze with "
-        "requires_grad_(True), or check that forward uses the module's own layers)"
+        "requires_grad_(True), register a learnable tensor as an nn.Parameter, or check that "
+        "forward uses the module's own layers)"
     )
 
 

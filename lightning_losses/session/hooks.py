@@ -35,6 +35,8 @@ from typing import Any, NamedTuple
 import lightning.pytorch as pl
 from torch.nn.modules.module import register_module_module_registration_hook
 
+from lightning_losses.session import options
+
 
 class Hook(NamedTuple):
     name: str
@@ -76,8 +78,13 @@ def nothing(*args: Any, **kwargs: Any) -> None:
     """A fit hook's part outside a fit (see ``Core.parts``)."""
 
 
+#: ``LossDictModule``, once :func:`install` has run.
+_BASE: list[type] = []
+
+
 def install(cls: type) -> None:
     """Give ``cls`` (``LossDictModule``) its own method for every hook of the list."""
+    _BASE.append(cls)
     for name in NAMES:
         method = _own(name, getattr(pl.LightningModule, name))
         setattr(cls, name, method)
@@ -137,50 +144,54 @@ def _translating(user: Callable[..., Any]) -> Callable[..., Any]:
     return configure_optimizers
 
 
-def adopt(module: Any, base: type) -> None:
+def adopt(module: Any) -> None:
     """Hooks assigned after ``module``'s class was made: wrapped before the call that begins
     can reach them (a class attribute like an override, an instance's own like a method)."""
-    chain(type(module), base)
+    chain(type(module), _BASE[0])
     own = module.__dict__
     for name in NAMES:
         function = own.get(name)
         if function is not None and getattr(function, _WRAPPED, None) is None:
-            own[name] = _wrapped_on_instance(module, name, function)
+            own[name] = _OnInstance(module, name, function)
     function = own.get("configure_optimizers")
     if function is not None and not getattr(function, "_routes_translated", False):
-        core = module._core
-        own["configure_optimizers"] = functools.wraps(function)(
-            lambda: core.translate_routes(function())
-        )
-        own["configure_optimizers"]._routes_translated = True
+        own["configure_optimizers"] = _OnInstance(module, "", function)
 
 
-def _wrapped_on_instance(module: Any, name: str, user: Callable[..., Any]) -> Any:
-    @functools.wraps(user)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        module._core.parts[name](*args, **kwargs)
-        return user(*args, **kwargs)
+class _OnInstance:
+    """A hook assigned to one instance, with the library's part before it (or, for
+    ``configure_optimizers``, its route map translated). An object, not a closure, so that a
+    deep copy of the module (an EMA teacher) calls into the copy."""
 
-    setattr(wrapper, _WRAPPED, user)
-    return wrapper
+    _routes_translated = True
+
+    def __init__(self, module: Any, name: str, user: Callable[..., Any]) -> None:
+        self.module, self.name, self.user = module, name, user
+        setattr(self, _WRAPPED, user)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        core = self.module._core
+        if not self.name:  # configure_optimizers
+            return core.translate_routes(self.user(*args, **kwargs))
+        core.parts[self.name](*args, **kwargs)
+        return self.user(*args, **kwargs)
 
 
 # ---------------------------------------------------------------- options that are modules
 
 #: Module-valued options that take effect when assigned (API.md §10): ``nn.Module.__setattr__``
 #: registers a module without calling a property's setter, so a global registration hook (one
-#: call per submodule registered anywhere, none per step) hands the assignment to the ``Core``.
-_SETTERS = {"weighting": "set_weighting", "aggregator": "set_aggregator"}
-_SETTERS["eval_metrics"] = "set_eval_metrics"
+#: call per submodule registered anywhere, none per step) hands the assignment to options.py.
+_MODULE_OPTIONS = frozenset({"weighting", "aggregator", "eval_metrics"})
 
 
 def _assigned(module: Any, name: str, value: Any) -> Any:
-    if name not in _SETTERS:
+    if name not in _MODULE_OPTIONS:
         return None
     core = module.__dict__.get("_core")
     if core is None:  # (a module under construction: its constructor decides)
         return None
-    return getattr(core, _SETTERS[name])(value)
+    return options.assign(core, name, value)
 
 
 register_module_module_registration_hook(_assigned)

@@ -1,0 +1,85 @@
+"""Mistakes in a training step said at the first step, with the fix (API.md section 6, 0.4):
+a `training_step` that computes the total and returns nothing, a total that trains nothing."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+import torch
+from conftest import MultiTask, make_trainer, multitask_data
+from lightning.pytorch.callbacks import Callback
+
+
+class Batches(Callback):
+    def __init__(self) -> None:
+        self.ended = 0
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.ended += 1
+
+
+def test_a_training_step_that_computes_the_total_and_returns_nothing_is_an_error():
+    class Forgot(MultiTask):
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            self.total_loss(self(batch))  # no return: Lightning would train nothing
+
+    batches = Batches()
+    with pytest.raises(RuntimeError, match=r"Forgot\.training_step .*return self\.total_loss"):
+        make_trainer(max_epochs=1, callbacks=[batches]).fit(Forgot(), multitask_data())
+    assert batches.ended == 1  # said at the first step
+
+
+def test_a_training_step_that_returns_the_total_trains_as_the_provided_one():
+    class Own(MultiTask):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            return self.total_loss(self(batch))
+
+    own, plain = Own(), MultiTask()
+    make_trainer(max_steps=3).fit(own, multitask_data())
+    make_trainer(max_steps=3).fit(plain, multitask_data())
+    for p, q in zip(own.parameters(), plain.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_a_skipped_batch_without_total_loss_is_no_mistake():
+    class Skips(MultiTask):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            return None if batch_idx == 1 else self.total_loss(self(batch))
+
+    make_trainer(max_steps=3).fit(Skips(), multitask_data())
+
+
+@pytest.mark.parametrize("how", ["not a parameter", "input only"])
+def test_a_total_that_reaches_no_trainable_parameter_is_said_at_the_first_step(how):
+    class Frozen(MultiTask):
+        def __init__(self) -> None:
+            super().__init__()
+            self.requires_grad_(False)  # a frozen backbone...
+            # ...and a learnable scale that is not an nn.Parameter: nothing trains
+            self.scale = torch.ones(1, requires_grad=True)
+
+        def forward(self, batch: Any) -> Any:
+            x, y_seg, _ = batch
+            if how == "input only":
+                x = x.clone().requires_grad_(True)
+                return {"seg": self.trunk(x).pow(2).mean()}  # gradient into the input only
+            return {"seg": (self.scale * self.trunk(x)).pow(2).mean()}
+
+    module = Frozen()
+    module.unused = torch.nn.Linear(1, 1)  # trainable, but the loss never uses it
+    batches = Batches()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(max_steps=1, callbacks=[batches]).fit(module, multitask_data())
+    said = [str(w.message) for w in caught if "reach no trainable parameter" in str(w.message)]
+    assert len(said) == 1, said
+    assert "'seg'" in said[0] and "Frozen" in said[0] and "requires_grad_(True)" in said[0]
+
+
+def test_a_total_that_reaches_a_trainable_parameter_is_not_warned_about():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(max_steps=2).fit(MultiTask(), multitask_data())
+    assert not [w for w in caught if "reach no trainable parameter" in str(w.message)]
