@@ -126,7 +126,8 @@ def test_loss_weights_changed_between_steps_take_effect_at_the_next_step(memory_
     module = MultiTask()
     trainer = make_trainer(memory_logger, max_steps=4, log_every_n_steps=2, callbacks=[Halve()])
     trainer.fit(module, multitask_data())
-    totals = [r["seg"] + (0.5 if i >= 2 else 1.0) * r["depth"] for i, r in enumerate(module.records)]
+    records = module.records
+    totals = [r["seg"] + (0.5 if i >= 2 else 1.0) * r["depth"] for i, r in enumerate(records)]
     assert [v for _, v in memory_logger.series("train/loss")] == pytest.approx(
         [sum(totals[0:2]) / 2, sum(totals[2:4]) / 2], rel=1e-6
     )
@@ -164,7 +165,8 @@ def test_a_weighting_assigned_after_construction_takes_effect(memory_logger):
     (_, row), *_ = memory_logger.rows
     assert {"weight/seg", "weight/depth"} <= set(row)
     module.weighting = None
-    assert module.weighting is None and "weighting.log_variance" not in dict(module.named_parameters())
+    assert module.weighting is None
+    assert "weighting.log_variance" not in dict(module.named_parameters())
 
 
 def test_a_route_map_from_a_mixins_configure_optimizers_is_translated():

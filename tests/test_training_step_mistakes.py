@@ -61,7 +61,7 @@ def test_a_total_that_reaches_no_trainable_parameter_is_said_at_the_first_step(h
             self.scale = torch.ones(1, requires_grad=True)
 
         def forward(self, batch: Any) -> Any:
-            x, y_seg, _ = batch
+            x = batch[0]
             if how == "input only":
                 x = x.clone().requires_grad_(True)
                 return {"seg": self.trunk(x).pow(2).mean()}  # gradient into the input only
