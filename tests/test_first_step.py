@@ -269,3 +269,27 @@ def test_only_rank_zero_warns(monkeypatch):
 
     monkeypatch.setattr(rank_zero_only, "rank", 1)
     assert first_batch_warnings(Tasks(loss_weights={"regg": 0.5})) == []
+
+
+def test_a_weighted_loss_returned_as_a_number_is_named_at_the_first_step():
+    class Item(Tasks):
+        def regression(self, h: torch.Tensor, z: torch.Tensor) -> Any:
+            return super().regression(h, z).item()  # the gradient is gone
+
+    said = [str(w.message) for w in first_batch_warnings(Item(loss_weights={"reg": 0.5}))]
+    assert said[0].startswith(
+        "forward returned 'reg' as a value of type float, which is logged as a metric, but the "
+        "configuration names 'reg' as a loss term"
+    )
+    assert ".item() and float() drop its gradient" in said[0]
+
+
+def test_a_weight_for_a_name_returned_as_a_metric_is_no_typo():
+    from lightning_losses.weighting.static import LossWeights
+
+    weights = LossWeights({"reg": 0.5})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        weights.plan(("seg",), returned=("reg",))  # 'reg' is there, as a metric
+    with pytest.warns(LossDictWarning, match="did you mean 'seg'"):
+        LossWeights({"reg": 0.5}).plan(("seg",))

@@ -190,7 +190,32 @@ def parse_output(output: Any, select: KeySelector, stage: str = "train") -> Pars
     if parsed.outputs and training and terms and not explicit and list(terms) != [TOTAL]:
         # (beside a lone "loss", a HuggingFace output, the other entries are the model's outputs)
         _warn_unreduced(parsed.outputs, select)
+    if parsed.metrics and training and not explicit and select.names_any:
+        _warn_named_numbers(parsed.metrics, select)
     return parsed
+
+
+def _warn_named_numbers(metrics: Mapping[str, Any], select: KeySelector) -> None:
+    """A value that can never be a loss term (a Python number, an integer tensor) under a name
+    the configuration gives a weight or a route: most likely a loss whose gradient was dropped
+    (``.item()``, ``float()``), which would silently never train. One warning per name; a name
+    that has been a term before is left alone (an integer value on one step is a metric there)."""
+    for name, value in metrics.items():
+        if isinstance(value, Tensor) and value.is_floating_point():
+            continue  # without a gradient now, perhaps with one on other steps (API.md §1)
+        if (
+            select.names_exactly(name)
+            and name not in select.trained_terms
+            and name not in select.warned_unreduced
+        ):
+            select.warned_unreduced.add(name)
+            _warnings.warn(
+                f"forward returned {name!r} as {describe(value)}, which is logged as a metric, "
+                f"but the configuration names {name!r} as a loss term (loss_weights, an "
+                "optimizer route or a weighting's terms): it is neither weighted nor trained "
+                "on. If it is a loss, return the tensor itself (.item() and float() drop its "
+                "gradient); if it is a metric, remove it from the configuration"
+            )
 
 
 def _warn_unreduced(outputs: Mapping[str, Any], select: KeySelector) -> None:

@@ -105,6 +105,11 @@ class KeySelector:
         """Whether the configuration calls ``name`` a loss term."""
         return self._named.match(name, False)
 
+    @property
+    def names_any(self) -> bool:
+        """Whether the configuration names any term (weights, routes, a weighting's terms)."""
+        return bool(self._named)
+
     def names_exactly(self, name: str) -> bool:
         """Whether the configuration names ``name`` itself (not by a glob pattern) a term."""
         return self._named.has_name(name)

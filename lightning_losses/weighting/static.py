@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 import torch
 from torch import Tensor
@@ -92,12 +92,14 @@ class LossWeights:
             self._resolved.put(name, value)
         return value
 
-    def plan(self, names: tuple[str, ...]) -> WeightPlan:
+    def plan(self, names: tuple[str, ...], returned: Collection[str] = ()) -> WeightPlan:
+        """The weights of the key set ``names`` (the step's loss terms), built once per key set.
+        ``returned``: the step's other returned names (metrics), which no entry is a typo of."""
         plan = self._plans.get(names)
         if plan is None:
             plan = WeightPlan(names, [self.resolve(n) for n in names])
             self._plans.put(names, plan)
-            self.check_spelling(names)
+            self.check_spelling(names, returned)
         return plan
 
     def unmatched(self) -> list[str]:
@@ -111,7 +113,7 @@ class LossWeights:
         table = self._table
         return closest(entry, (n for n in names if not table.has_name(n)))
 
-    def check_spelling(self, names: tuple[str, ...]) -> None:
+    def check_spelling(self, names: tuple[str, ...], returned: Collection[str] = ()) -> None:
         """A warning, at the first key set where it shows, for each entry that has matched no
         term yet and is close to one of ``names``: ``"regg"`` beside ``reg`` would otherwise
         leave ``reg`` at weight 1 until the end of the first epoch says so. Runs once per key
@@ -119,8 +121,8 @@ class LossWeights:
         if not names or not self._table:
             return
         for entry in self._table.unmatched():
-            if entry in self._suggested:
-                continue
+            if entry in self._suggested or entry in returned:
+                continue  # said already; or returned under its own name, as a metric
             meant = self.suggestion(entry, names)
             if meant is None:
                 continue
