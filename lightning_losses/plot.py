@@ -153,7 +153,7 @@ def _log_scale(curves: dict[str, list[tuple[int, float]]], mode: str) -> bool:
 
 #: Each stage's line style, the same in every panel and for every run: with several runs a
 #: curve's colour says which run it is, its style which stage.
-STAGE_STYLES = {"train": "-", "train (epoch)": ":", "val": "--", "test": "-."}
+STAGE_STYLES: dict[str, Any] = {"train": "-", "train (epoch)": ":", "val": "--", "test": "-."}
 #: Line styles of the curves of a shared panel (a curve per term) beyond the first term's.
 _TERM_STYLES = ("-", "--", ":", "-.")
 
