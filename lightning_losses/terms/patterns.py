@@ -94,6 +94,13 @@ class NamePatterns(Generic[V]):
                 return value
         return default
 
+    def deciding(self, name: str) -> str | None:
+        """The entry that decides ``name``'s value (its own name, else the first matching
+        pattern), without counting it as matched; ``None`` when none does."""
+        if name in self._exact:
+            return name
+        return next((p for p, _ in self._patterns if fnmatch.fnmatchcase(name, p)), None)
+
     def has_name(self, name: str) -> bool:
         """Whether ``name`` is one of the table's literal names (patterns do not count)."""
         return name in self._exact

@@ -7,6 +7,7 @@ set and cached in a :class:`WeightPlan`; a step with constant weights reuses one
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import numbers
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -120,9 +121,20 @@ class LossWeights:
         set (from :meth:`plan`), never per step."""
         if not names or not self._table:
             return
-        for entry in self._table.unmatched():
+        table = self._table
+        for entry in table.unmatched():
             if entry in self._suggested or entry in returned:
                 continue  # said already; or returned under its own name, as a metric
+            if is_pattern(entry):
+                claimed = [n for n in names if fnmatch.fnmatchcase(n, entry)]
+                if claimed:
+                    # it matches terms of this step, which other entries decide: an earlier
+                    # pattern makes it dead there (own names only make exceptions to it)
+                    earlier = table.deciding(claimed[0])
+                    if earlier is not None and is_pattern(earlier):
+                        self._suggested.add(entry)
+                        _warnings.warn(shadowed_message(entry, claimed[0], earlier), "__init__")
+                    continue
             meant = self.suggestion(entry, names)
             if meant is None:
                 continue
@@ -142,6 +154,15 @@ def spelling_message(
         f"loss_weights {kind} {entry!r} matches no loss term of this step (terms: {found}); "
         f"did you mean {guess}?{unweighted} If {entry!r} names a term that only later steps "
         "return, ignore this"
+    )
+
+
+def shadowed_message(entry: str, name: str, earlier: str) -> str:
+    """What a ``loss_weights`` pattern that an earlier pattern hides is told."""
+    return (
+        f"loss_weights pattern {entry!r} matches the loss term {name!r}, but the earlier pattern "
+        f"{earlier!r} decides its weight (the first matching pattern wins), so {entry!r} weighs "
+        "nothing; list the more specific pattern first"
     )
 
 
