@@ -156,7 +156,7 @@ def test_a_misspelt_route_is_named_with_the_term_at_the_first_step_and_configure
     message = str(warning.message)
     assert message.startswith("loss term 'reg' belongs to no optimizer route")
     assert message.endswith(
-        "The route name 'regg' matches no term of this step: did you mean 'reg'?"
+        "The name 'regg' in the routes matches no term of this step: did you mean 'reg'?"
     )
     assert (warning.filename, warning.lineno) == (HERE, line_of(Tasks.configure_optimizers))
 
