@@ -220,7 +220,10 @@ class Router:
         meant = closest(term, unmatched)
         if meant is None:
             return ""
-        return f". The name {meant!r} in the routes matches no term of this step: did you mean {term!r}?"
+        return (
+            f". The name {meant!r} in the routes matches no term of this step: did you mean "
+            f"{term!r}?"
+        )
 
     @property
     def alternating(self) -> bool:
