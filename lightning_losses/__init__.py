@@ -3,6 +3,7 @@
 Importing this package never imports ``wandb`` (an optional extra).
 """
 
+from lightning_losses._warnings import LossDictWarning
 from lightning_losses.module import LossDictModule
 from lightning_losses.routing import RouteConfig, RouteMap
 from lightning_losses.terms.added import add_loss, add_metric
@@ -11,6 +12,7 @@ from lightning_losses.weighting import Weighting
 
 __all__ = [
     "LossDictModule",
+    "LossDictWarning",
     "RouteConfig",
     "RouteMap",
     "Weighting",

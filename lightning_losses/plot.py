@@ -151,18 +151,128 @@ def _log_scale(curves: dict[str, list[tuple[int, float]]], mode: str) -> bool:
     return mode == "always" or max(values) / min(values) >= 100.0
 
 
+#: Each stage's line style, the same in every panel and for every run: with several runs a
+#: curve's colour says which run it is, its style which stage.
+STAGE_STYLES: dict[str, Any] = {"train": "-", "train (epoch)": ":", "val": "--", "test": "-."}
+#: Line styles of the curves of a shared panel (a curve per term) beyond the first term's.
+_TERM_STYLES = ("-", "--", ":", "-.")
+
+
+def curve_styles(
+    groups: dict[str, dict[str, list[tuple[int, float]]]], runs: list[str] | None = None
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """``(panel, label) -> matplotlib line options`` for every curve of ``groups``.
+
+    One run: a colour per stage (train, its epoch means, val, test), the same in every panel.
+    Several runs (``runs``, the prefixes of their labels): a colour per run in every panel, and
+    a line style per stage (:data:`STAGE_STYLES`), so that a run is followed across panels by
+    its colour alone. In the shared panels (weights, gradient statistics) a curve is a term: a
+    colour per term with one run, a line style per term with several.
+    """
+    shared = set(SHARED_PANELS.values())
+    stage_colour = {stage: f"C{i}" for i, stage in enumerate(STAGE_STYLES)}
+    styles: dict[tuple[str, str], dict[str, Any]] = {}
+    for panel, curves in groups.items():
+        terms: dict[str, int] = {}  # a shared panel's terms, in the order drawn
+        for label, points in curves.items():
+            run, rest = split_label(label, runs)
+            few = len(points) < 30
+            if panel in shared:
+                index = terms.setdefault(rest, len(terms))
+                style: dict[str, Any] = (
+                    {"color": f"C{index % 10}", "linestyle": "-"}
+                    if not runs
+                    else {
+                        "color": f"C{runs.index(run) % 10}",
+                        "linestyle": _TERM_STYLES[index % len(_TERM_STYLES)],
+                    }
+                )
+            else:
+                colour = stage_colour.get(rest, "C9") if not runs else f"C{runs.index(run) % 10}"
+                style = {"color": colour, "linestyle": STAGE_STYLES.get(rest, "-")}
+                if few and rest != "train":
+                    style["marker"] = "o"  # a few epoch or validation points: seen as points
+            styles[(panel, label)] = style
+    return styles
+
+
+def split_label(label: str, runs: list[str] | None) -> tuple[str, str]:
+    """``("version_0", "val")`` for the curve label ``"version_0: val"`` of one of ``runs``;
+    ``("", label)`` with one run."""
+    for run in runs or ():
+        if label.startswith(f"{run}: "):
+            return run, label[len(run) + 2 :]
+    return "", label
+
+
+def draw(
+    groups: dict[str, dict[str, list[tuple[int, float]]]],
+    title: str = "",
+    log_y: str = "auto",
+    runs: list[str] | None = None,
+) -> Any:
+    """The figure of :func:`plot_series` (a ``matplotlib.figure.Figure``), panels already
+    grouped; ``runs``: the runs whose curves it holds, when several (see :func:`curve_styles`).
+    With several runs one legend below the panels names the runs by colour and the stages by
+    line style, instead of a legend of every run and stage in every panel."""
+    styles = curve_styles(groups, runs)
+    columns = min(3, len(groups))
+    rows = math.ceil(len(groups) / columns)
+    height = 3.0 * rows + (0.4 if runs else 0.0)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(4.2 * columns, height), squeeze=False, layout="constrained"
+    )
+    stages: list[str] = []
+    shared = set(SHARED_PANELS.values())
+    for ax, (panel, curves) in zip(axes.flat, groups.items()):
+        for label, points in curves.items():
+            steps, values = zip(*sorted(points))
+            style = styles[(panel, label)]
+            ax.plot(steps, values, label=label, markersize=3, linewidth=1.4, **style)
+            stage = split_label(label, runs)[1]
+            if panel not in shared and stage not in stages:
+                stages.append(stage)
+        if _log_scale(curves, log_y):
+            ax.set_yscale("log")
+        ax.set_title("weighted total: loss" if panel == "loss" else panel, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+        if not runs or panel in shared:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(groups) :]:
+        ax.axis("off")
+    if title:
+        figure.suptitle(title, fontsize=11)
+    if runs:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=f"C{i % 10}", label=run) for i, run in enumerate(runs)]
+        order = list(STAGE_STYLES)
+        handles += [
+            Line2D([], [], color="0.3", linestyle=STAGE_STYLES[stage], label=stage)
+            for stage in sorted((s for s in stages if s in STAGE_STYLES), key=order.index)
+        ]
+        figure.legend(
+            handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=8
+        )
+    return figure
+
+
 def plot_series(
     series: Series | dict[str, dict[str, list[tuple[int, float]]]],
     out: str | Path,
     title: str = "",
     log_y: str = "auto",
     grouped: bool = False,
+    runs: list[str] | None = None,
 ) -> Path:
     """Draw one PNG with a panel per loss; returns the file written.
 
     ``series`` is a run's values (name -> points), or already ``grouped`` panels. ``log_y``:
     ``"auto"`` (a log axis where a panel's positive values span two decades or more),
-    ``"always"`` or ``"never"``.
+    ``"always"`` or ``"never"``. ``runs``: the run names that prefix the curve labels of
+    ``grouped`` panels of several runs (see :func:`merge_panels`), drawn a colour per run.
     """
     groups: dict[str, dict[str, list[tuple[int, float]]]] = (
         series if grouped else panels(series)  # type: ignore[assignment,arg-type]
@@ -173,26 +283,7 @@ def plot_series(
             f"no train/, val/ or test/ values to plot (found {names[:12]}); expected a run "
             "logged by a LossDictModule (or any run with train/... names)"
         )
-    columns = min(3, len(groups))
-    rows = math.ceil(len(groups) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
-    for ax, (panel, curves) in zip(axes.flat, groups.items()):
-        for label, points in curves.items():
-            steps, values = zip(*sorted(points))
-            style = "o-" if len(points) < 30 and "train" not in label else "-"
-            ax.plot(steps, values, style, label=label, markersize=3, linewidth=1.4)
-        if _log_scale(curves, log_y):
-            ax.set_yscale("log")
-        ax.set_title("weighted total: loss" if panel == "loss" else panel, fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=8)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(groups) :]:
-        ax.axis("off")
-    if title:
-        figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
+    figure = draw(groups, title, log_y, runs)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
@@ -218,4 +309,5 @@ def plot_run(log_dir: str | Path, out: str | Path | None = None, log_y: str = "a
             f"no train/, val/ or test/ values to plot (found {every[:12]}); expected a run "
             "logged by a LossDictModule (or any run with train/... names)"
         )
-    return plot_series(groups, out, title=str(log_dir), log_y=log_y, grouped=True)
+    several = list(runs) if len(runs) > 1 else None
+    return plot_series(groups, out, title=str(log_dir), log_y=log_y, grouped=True, runs=several)

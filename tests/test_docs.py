@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,8 +137,20 @@ def test_snippet_runs(chain, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     namespace = {"__name__": "__main__", "__file__": str(ROOT / chain.snippets[0].page)}
     try:
-        for snippet in chain.snippets:
-            exec(snippet.compiled(), namespace)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for snippet in chain.snippets:
+                exec(snippet.compiled(), namespace)
+        if chain.snippets[0].page == "README.md":  # the quick start: nothing of ours to say
+            from lightning_losses import LossDictWarning
+
+            package = str(ROOT / "lightning_losses")
+            ours = [
+                f"{w.filename}:{w.lineno}: {w.message}"
+                for w in caught
+                if issubclass(w.category, LossDictWarning) or w.filename.startswith(package)
+            ]
+            assert not ours, f"{chain.where} drew warnings of ours: {ours}"
     except ModuleNotFoundError as error:
         if error.name not in OPTIONAL:
             raise

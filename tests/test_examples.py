@@ -15,6 +15,7 @@ import os
 import runpy
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -27,18 +28,33 @@ SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py") if p.name not in OWN_TEST
 
 
 def run(script: str, *args: str, cwd: Path) -> str:
-    """Runs ``examples/<script>`` as ``__main__`` in this process; returns what it printed."""
+    """Runs ``examples/<script>`` as ``__main__`` in this process; returns what it printed.
+    An example is how to use the library: it must not draw a single warning of ours."""
     out = io.StringIO()
     argv, here = sys.argv, Path.cwd()
     sys.argv = [str(EXAMPLES / script), *args]
     os.chdir(cwd)
     try:
-        with contextlib.redirect_stdout(out):
+        with contextlib.redirect_stdout(out), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             runpy.run_path(str(EXAMPLES / script), run_name="__main__")
     finally:
         sys.argv = argv
         os.chdir(here)
+    assert not ours(caught), f"{script} drew warnings of ours: {ours(caught)}"
     return out.getvalue()
+
+
+def ours(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The library's warnings among ``caught``: its category, or issued from its own lines."""
+    from lightning_losses import LossDictWarning
+
+    package = str(EXAMPLES.parent / "lightning_losses")
+    return [
+        f"{w.filename}:{w.lineno}: {w.message}"
+        for w in caught
+        if issubclass(w.category, LossDictWarning) or w.filename.startswith(package)
+    ]
 
 
 def run_program(script: str, *args: str, cwd: Path) -> str:

@@ -8,7 +8,7 @@ import pytest
 from conftest import MemoryLogger, MultiTask, make_trainer, multitask_data
 
 wandb = pytest.importorskip("wandb")
-from wandb_offline import finish_and_read, history, metric_definitions  # noqa: E402
+from wandb_offline import finish_and_read, history, metric_definitions, summary  # noqa: E402
 
 
 def test_every_term_reaches_the_offline_run_with_the_same_values(tmp_path, monkeypatch):
@@ -55,6 +55,14 @@ def test_every_term_reaches_the_offline_run_with_the_same_values(tmp_path, monke
     for name in losses:
         assert definitions[name].step_metric == "trainer/global_step", name
     assert "weight/depth" not in definitions
+
+    # where docs/logging.md says the losses' final values are (W&B's terminal summary prints
+    # plain numbers only): the run's summary, each loss's last and min
+    final = summary(run_file)
+    for name in ("train/loss", "train/seg", "val/depth", "train/seg_epoch"):
+        values = [v for _, v in expected[name]]
+        assert final[name] == {"last": pytest.approx(values[-1]), "min": pytest.approx(min(values))}
+    assert final["weight/depth"] == 0.5  # a plain number: printed in the terminal's summary
 
 
 def test_importing_the_package_does_not_import_wandb():

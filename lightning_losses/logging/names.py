@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning_losses import _warnings
 
 #: Written beside a file logger's run: which names are loss terms, totals and metrics.
 KINDS_FILE = "lightning_losses_kinds.json"
@@ -60,7 +60,7 @@ class NameCheck:
                 )
             self._seen[written] = name
             if written != name:
-                rank_zero_warn(
+                _warnings.warn(
                     f"MLflow keeps only ASCII letters, digits and '_', '-', '.', '/', ' ' in "
                     f"metric names: {name!r} is logged there as {written!r}"
                 )

@@ -18,10 +18,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lightning_losses import _lightning
+from lightning_losses import _lightning, _warnings
 from lightning_losses.gradients.diagnostics import diagnostic_names
 from lightning_losses.logging.accumulators import Reduced, accumulator_dtype, device_tensor
 from lightning_losses.logging.layout import StepPlan
@@ -68,7 +67,7 @@ class Recorder:
         plan = self.log.cached_plan(key)
         if plan is not None:
             return plan
-        weight_plan = self.weights.plan(terms)
+        weight_plan = self.weights.plan(terms, returned=(*tensor_metrics, *number_metrics))
         if stage != "train":
             logged: tuple[int, ...] = ()
         elif weighted:
@@ -205,7 +204,7 @@ def warn_untrained_eval(stage: str, names: Iterable[str], warned: set[str]) -> N
     if not names:
         return
     warned.update(names)
-    rank_zero_warn(
+    _warnings.warn(
         f"{stage}: no training step has told loss terms from metrics yet (it goes by which "
         f"values carry a gradient) and nothing in the configuration names these values, so "
         f"they count as terms of {stage}/loss: {', '.join(map(repr, names))}. Pass loss_keys= "

@@ -15,12 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lightning_losses import _warnings
 from lightning_losses.cache import BoundedCache
 from lightning_losses.routing.optimizer import RoutedOptimizer
 from lightning_losses.routing.route import Route, route_name
+from lightning_losses.terms.patterns import closest
 from lightning_losses.terms.values import TOTAL
 
 
@@ -204,12 +205,25 @@ class Router:
         for term in terms:
             if term not in self._unrouted_warned and self.owner(term) is None:
                 self._unrouted_warned.add(term)
-                rank_zero_warn(
+                _warnings.warn(
                     f"loss term {term!r} belongs to no optimizer route (routes "
                     f"{self.route_names()}): it is logged and counted in train/loss but trains "
                     f"nothing; expected it in a route (a tuple route such as ('g', {term!r})) "
-                    "or a 'loss' route"
+                    f"or a 'loss' route{self._suggest(term, terms)}",
+                    ("configure_routes", "configure_optimizers"),
                 )
+
+    def _suggest(self, term: str, terms: tuple[str, ...]) -> str:
+        """``term``, in no route, may be what a route's name that matches no term of this step
+        meant (``"regg"`` for ``reg``): a sentence saying so, else nothing."""
+        unmatched = {n for route in self.routes for n in route if n != TOTAL and n not in terms}
+        meant = closest(term, unmatched)
+        if meant is None:
+            return ""
+        return (
+            f". The name {meant!r} in the routes matches no term of this step: did you mean "
+            f"{term!r}?"
+        )
 
     @property
     def alternating(self) -> bool:

@@ -24,11 +24,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_losses import _lightning
+from lightning_losses import _lightning, _warnings
 from lightning_losses.checkpoints import state as checkpoint_state
 from lightning_losses.evaluation import predictions
 from lightning_losses.evaluation.loop import Evaluation
@@ -44,6 +43,7 @@ from lightning_losses.session.steps import StepOutput, fast_step, joint_step
 from lightning_losses.terms import added
 from lightning_losses.terms.calling import ModelCall
 from lightning_losses.terms.parse import ParsedOutput
+from lightning_losses.terms.patterns import did_you_mean
 from lightning_losses.terms.selector import KeySelector
 from lightning_losses.weighting.scalarizer import ScalarizerWeighting
 from lightning_losses.weighting.static import LossWeights
@@ -188,9 +188,11 @@ class Core:
         if not params:
             if names not in self._undiagnosable:
                 self._undiagnosable.add(names)
-                rank_zero_warn(
+                _warnings.warn(
                     f"gradient diagnostics: no trainable parameter is reached by two or more of "
-                    f"the terms {list(names)}; pass shared_parameters= to name the shared ones"
+                    f"the terms {list(names)}; pass shared_parameters= to name the shared ones",
+                    "__init__",
+                    owner=self.module,
                 )
             return
         self.recorder.record_diagnostics(names, gradient_statistics(terms, params))
@@ -200,15 +202,19 @@ class Core:
         if self._checked_unmatched:
             return
         self._checked_unmatched = True
-        for source, entries in (
-            ("loss_weights", self.weights.unmatched()),
-            ("loss_keys", self.select.unmatched()),
-            ("optimizer route", self.routing.unmatched()),
+        routes = ("configure_routes", "configure_optimizers")
+        seen = self.select.trained_terms
+        for source, entries, hook, names in (
+            ("loss_weights", self.weights.unmatched(), "__init__", seen),
+            ("loss_keys", self.select.unmatched(), "__init__", ()),
+            ("optimizer route", self.routing.unmatched(), routes, seen),
         ):
             for entry in entries:
-                rank_zero_warn(
-                    f"{source} entry {entry!r} matched no loss term during the first "
-                    "training epoch; check its spelling"
+                _warnings.warn(
+                    f"{source} entry {entry!r} matched no loss term during the first training "
+                    f"epoch; check its spelling{did_you_mean(entry, names)}",
+                    hook,
+                    owner=self.module,
                 )
 
     # ------------------------------------------------------------------ optimizers

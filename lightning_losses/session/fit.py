@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_losses import _lightning
 from lightning_losses.cache import BoundedCache
@@ -226,4 +225,4 @@ class FitSession:
         weighting.after_step(stack_terms(parsed.terms), tuple(parsed.terms))
 
 
-__all__ = ["FitSession", "rank_zero_warn"]
+__all__ = ["FitSession"]

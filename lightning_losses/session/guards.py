@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from lightning_losses import _warnings
 from lightning_losses.distributed import collectives, sharding
 from lightning_losses.logging.accumulators import Reduced
 
@@ -59,10 +59,11 @@ class Guards:
         for name, term in terms.items():
             if not term.requires_grad and name not in self._warned_no_grad:
                 self._warned_no_grad.add(name)
-                rank_zero_warn(
+                _warnings.warn(
                     f"loss term {name!r} does not require grad although grad is enabled in "
                     "training: it cannot train anything (was it computed under no_grad, or from "
-                    "detached tensors?)"
+                    "detached tensors?)",
+                    owner=self.module,
                 )
 
     def skip_nonfinite(self, losses: Tensor) -> bool:
@@ -136,13 +137,14 @@ def warn_unreached(module: nn.Module, names: tuple[str, ...], objective: Tensor)
     if any(id(p) in reached for p in params):
         return
     frozen = sum(1 for p in module.parameters() if not p.requires_grad)
-    rank_zero_warn(
+    _warnings.warn(
         f"the loss terms {list(names)} reach no trainable parameter of "
         f"{type(module).__name__} ({len(params)} trainable, {frozen} frozen): their gradient "
         "flows only into frozen parameters or the inputs, so training changes nothing; "
         "expected terms computed from trainable parameters (unfreeze with "
         "requires_grad_(True), register a learnable tensor as an nn.Parameter, or check that "
-        "forward uses the module's own layers)"
+        "forward uses the module's own layers)",
+        owner=module,
     )
 
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lightning_losses import _warnings
 from lightning_losses.terms.selector import KeySelector
 from lightning_losses.terms.values import (
     SEPARATOR,
@@ -185,31 +185,75 @@ def parse_output(output: Any, select: KeySelector, stage: str = "train") -> Pars
         for name in [n for n in terms if n != TOTAL]:
             parsed.metrics[name] = terms.pop(name)
     _check_reserved(parsed)
+    if explicit and select.rejected:  # a name new to loss_keys, not selected: a typo?
+        select.check_spelling()
     if parsed.outputs and training and terms and not explicit and list(terms) != [TOTAL]:
         # (beside a lone "loss", a HuggingFace output, the other entries are the model's outputs)
         _warn_unreduced(parsed.outputs, select)
+    if parsed.metrics and training and not explicit and select.names_any:
+        _warn_named_numbers(parsed.metrics, select)
     return parsed
 
 
+def _warn_named_numbers(metrics: Mapping[str, Any], select: KeySelector) -> None:
+    """A value that can never be a loss term (a Python number, an integer tensor) under a name
+    the configuration gives a weight or a route: most likely a loss whose gradient was dropped
+    (``.item()``, ``float()``), which would silently never train. One warning per name; a name
+    that has been a term before is left alone (an integer value on one step is a metric there)."""
+    for name, value in metrics.items():
+        if isinstance(value, Tensor) and value.is_floating_point():
+            continue  # without a gradient now, perhaps with one on other steps (API.md §1)
+        if (
+            select.names_exactly(name)
+            and name not in select.trained_terms
+            and name not in select.warned_unreduced
+        ):
+            select.warned_unreduced.add(name)
+            _warnings.warn(
+                f"forward returned {name!r} as {describe(value)}, which is logged as a metric, "
+                f"but the configuration names {name!r} as a loss term (loss_weights, an "
+                "optimizer route or a weighting's terms): it is neither weighted nor trained "
+                "on. If it is a loss, return the tensor itself (.item() and float() drop its "
+                "gradient); if it is a metric, remove it from the configuration"
+            )
+
+
 def _warn_unreduced(outputs: Mapping[str, Any], select: KeySelector) -> None:
-    """A floating tensor of several elements that carries a gradient beside loss terms is most
-    likely a loss whose ``.mean()`` was forgotten: passed through, it would silently never train.
-    One warning per name."""
+    """A floating tensor with dimensions that carries a gradient beside loss terms is most
+    likely a loss whose ``.mean()`` was forgotten (``reduction="none"``, a shape-``(1,)`` sum):
+    passed through, it would silently never train. One warning per name; an error where the
+    configuration names it as a term (a weight or a route under its exact name): the user then
+    meant it as a loss, and it would train nothing under that name."""
     for name, value in outputs.items():
         if (
             isinstance(value, Tensor)
             and value.requires_grad
             and value.is_floating_point()
-            and value.numel() > 1
+            and value.dim() > 0
+            and value.numel() > 0
             and name not in select.warned_unreduced
         ):
+            if select.names_exactly(name):
+                raise TypeError(
+                    f"loss term {name!r} is {describe(value)} that carries a gradient; expected "
+                    f"a 0-dim floating tensor. {name!r} is named as a loss term in the "
+                    "configuration (loss_weights, an optimizer route or a weighting's terms), "
+                    f"so reduce it in forward ({_reduce_hint(value)})"
+                )
             select.warned_unreduced.add(name)
-            rank_zero_warn(
+            _warnings.warn(
                 f"forward returned {name!r}, {describe(value)} that carries a gradient, beside "
                 "loss terms: it is passed through, neither trained on nor logged. If it is a "
-                "loss, reduce it to a 0-dim tensor (a forgotten .mean()?); if it is an output, "
-                "detach it or pass loss_keys= to name the terms and silence this warning"
+                f"loss, reduce it to a 0-dim tensor ({_reduce_hint(value)}); if it is an "
+                "output, detach it or pass loss_keys= to name the terms and silence this warning"
             )
+
+
+def _reduce_hint(value: Tensor) -> str:
+    """How to make ``value`` a 0-dim loss, in words."""
+    if value.numel() == 1:
+        return "a one-element tensor of shape (1,) needs .squeeze()"
+    return "a forgotten .mean()? reduction='none' keeps one value per sample"
 
 
 def _parse_with_total(

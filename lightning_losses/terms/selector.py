@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
+from lightning_losses import _warnings
 from lightning_losses.cache import BoundedCache
-from lightning_losses.terms.patterns import NamePatterns
+from lightning_losses.terms.patterns import NamePatterns, closest
 from lightning_losses.terms.values import describe, is_loss_tensor
 
 #: ``loss_keys`` as users may give it: ``None`` (a 0-dim floating tensor that carries a gradient
@@ -89,6 +90,10 @@ class KeySelector:
         #: Names training has classified: terms (carried a gradient at least once) and metrics.
         self.trained_terms: set[str] = set()
         self.trained_metrics: set[str] = set()
+        #: Names ``loss_keys`` did not select since the last :meth:`check_spelling` (each name is
+        #: decided once: the verdicts are cached), and the entries already told about.
+        self.rejected: list[str] = []
+        self._suggested: set[str] = set()
 
     def _split(self, entries: list[Any]) -> None:
         for entry in entries:
@@ -114,6 +119,15 @@ class KeySelector:
         if self._named_all:
             return self._all.match(name, False)
         return self._named.match(name, False)
+
+    @property
+    def names_any(self) -> bool:
+        """Whether the configuration names any term (weights, routes, a weighting's terms)."""
+        return bool(self._named)
+
+    def names_exactly(self, name: str) -> bool:
+        """Whether the configuration names ``name`` itself (not by a glob pattern) a term."""
+        return self._named.has_name(name)
 
     def before_training(self, name: str) -> bool:
         """Whether ``name`` is a term before any training step has told terms by gradient.
@@ -182,7 +196,29 @@ class KeySelector:
                     f"loss_keys({name!r}) returned {describe(verdict)}; expected a bool"
                 )
             return verdict
-        return self._keys.match(name, False)
+        verdict = self._keys.match(name, False)
+        if not verdict:
+            self.rejected.append(name)
+        return verdict
+
+    def check_spelling(self) -> None:
+        """A warning for each ``loss_keys`` entry that has matched nothing yet and is close to a
+        name it did not select (``"depht"`` beside ``depth``, which is then logged as a metric
+        and trains nothing). Called after a step's values are classified, when a name new to
+        the selector was not selected: once per new name, never per step."""
+        rejected, self.rejected = self.rejected, []
+        for entry in self._keys.unmatched():
+            if entry in self._suggested:
+                continue
+            meant = closest(entry, rejected)
+            if meant is not None:
+                self._suggested.add(entry)
+                _warnings.warn(
+                    f"loss_keys entry {entry!r} matches no returned key; did you mean "
+                    f"{meant!r}? Until it is renamed, {meant!r} is not a loss term: it is "
+                    "logged as a metric (or passed through) and trains nothing",
+                    "__init__",
+                )
 
     def unmatched(self) -> list[str]:
         """The literal names and patterns of ``loss_keys`` that matched no returned key."""

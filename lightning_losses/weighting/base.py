@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from lightning_losses.cache import BoundedCache
 from lightning_losses.logging.accumulators import device_tensor
+from lightning_losses.terms.patterns import closest
 from lightning_losses.terms.values import describe
 
 
@@ -85,10 +86,16 @@ class PerTerm(Weighting):
         if index is None:
             unknown = [n for n in names if n not in self._position]
             if unknown:
+                listed = [t for t in self.terms if t not in names]  # a typo is one of these
                 raise ValueError(
                     f"{type(self).__name__} got loss term{'s' if len(unknown) > 1 else ''} "
                     f"{', '.join(map(repr, unknown))}, not in its terms {list(self.terms)}; "
                     "expected every loss term to be listed"
+                    + "".join(
+                        f"; is {n!r} the listed {meant!r} misspelt?"
+                        for n in unknown
+                        if (meant := closest(n, listed)) is not None
+                    )
                 )
             index = device_tensor([self._position[n] for n in names], torch.long, device)
             self._indices.put(key, index)

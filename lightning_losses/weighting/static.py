@@ -7,16 +7,18 @@ set and cached in a :class:`WeightPlan`; a step with constant weights reuses one
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 import torch
 from torch import Tensor
 
+from lightning_losses import _warnings
 from lightning_losses.cache import BoundedCache
 from lightning_losses.logging.accumulators import device_tensor
-from lightning_losses.terms.patterns import NamePatterns
+from lightning_losses.terms.patterns import NamePatterns, closest, is_pattern
 from lightning_losses.terms.values import describe
 
 #: A term's weight: a constant, or a schedule ``global_step -> weight``.
@@ -83,6 +85,8 @@ class LossWeights:
         self._table: NamePatterns[WeightValue] = NamePatterns(entries)
         self._resolved: BoundedCache[str, WeightValue] = BoundedCache(4096)
         self._plans: BoundedCache[tuple[str, ...], WeightPlan] = BoundedCache()
+        #: Entries already named with a suggestion (each is said once).
+        self._suggested: set[str] = set()
 
     def resolve(self, name: str) -> WeightValue:
         value = self._resolved.get(name)
@@ -91,16 +95,77 @@ class LossWeights:
             self._resolved.put(name, value)
         return value
 
-    def plan(self, names: tuple[str, ...]) -> WeightPlan:
+    def plan(self, names: tuple[str, ...], returned: Collection[str] = ()) -> WeightPlan:
+        """The weights of the key set ``names`` (the step's loss terms), built once per key set.
+        ``returned``: the step's other returned names (metrics), which no entry is a typo of."""
         plan = self._plans.get(names)
         if plan is None:
             plan = WeightPlan(names, [self.resolve(n) for n in names])
             self._plans.put(names, plan)
+            self.check_spelling(names, returned)
         return plan
 
     def unmatched(self) -> list[str]:
         """The names and patterns of ``loss_weights`` that matched no loss term."""
         return self._table.unmatched()
+
+    def suggestion(self, entry: str, names: Iterable[str]) -> str | None:
+        """The one of ``names`` (loss terms) that the entry ``entry`` most likely meant: a close
+        name that no entry of its own weighs (``{"seg": 1, "reg": 2}`` with only ``seg``
+        returned is an optional ``reg``, not a typo of ``seg``)."""
+        table = self._table
+        return closest(entry, (n for n in names if not table.has_name(n)))
+
+    def check_spelling(self, names: tuple[str, ...], returned: Collection[str] = ()) -> None:
+        """A warning, at the first key set where it shows, for each entry that has matched no
+        term yet and is close to one of ``names``: ``"regg"`` beside ``reg`` would otherwise
+        leave ``reg`` at weight 1 until the end of the first epoch says so. Runs once per key
+        set (from :meth:`plan`), never per step."""
+        if not names or not self._table:
+            return
+        table = self._table
+        for entry in table.unmatched():
+            if entry in self._suggested or entry in returned:
+                continue  # said already; or returned under its own name, as a metric
+            if is_pattern(entry):
+                claimed = [n for n in names if fnmatch.fnmatchcase(n, entry)]
+                if claimed:
+                    # it matches terms of this step, which other entries decide: an earlier
+                    # pattern makes it dead there (own names only make exceptions to it)
+                    earlier = table.deciding(claimed[0])
+                    if earlier is not None and is_pattern(earlier):
+                        self._suggested.add(entry)
+                        _warnings.warn(shadowed_message(entry, claimed[0], earlier), "__init__")
+                    continue
+            meant = self.suggestion(entry, names)
+            if meant is None:
+                continue
+            self._suggested.add(entry)
+            _warnings.warn(spelling_message(entry, meant, names, self.resolve(meant)), "__init__")
+
+
+def spelling_message(
+    entry: str, meant: str, names: tuple[str, ...], weight: WeightValue | None = None
+) -> str:
+    """What a ``loss_weights`` entry close to a term of a step's key set is told."""
+    kind = "pattern" if is_pattern(entry) else "entry"
+    guess = f"a pattern for {meant!r}" if is_pattern(entry) else repr(meant)
+    found = ", ".join(map(repr, names))
+    unweighted = f" Until it is renamed, {meant!r} weighs 1." if weight == 1.0 else ""
+    return (
+        f"loss_weights {kind} {entry!r} matches no loss term of this step (terms: {found}); "
+        f"did you mean {guess}?{unweighted} If {entry!r} names a term that only later steps "
+        "return, ignore this"
+    )
+
+
+def shadowed_message(entry: str, name: str, earlier: str) -> str:
+    """What a ``loss_weights`` pattern that an earlier pattern hides is told."""
+    return (
+        f"loss_weights pattern {entry!r} matches the loss term {name!r}, but the earlier pattern "
+        f"{earlier!r} decides its weight (the first matching pattern wins), so {entry!r} weighs "
+        "nothing; list the more specific pattern first"
+    )
 
 
 def _check_weight(name: str, value: object, source: str) -> float:
