@@ -134,6 +134,14 @@ def running(trainer: pl.Trainer) -> str:
     return fn.value if fn is not None else ""
 
 
+def stage_now(trainer: pl.Trainer | None) -> str:
+    """The stage a ``total_loss`` call belongs to when it does not say: what the trainer runs
+    (the sanity check is validation; predicting evaluates too), ``"train"`` without one."""
+    if trainer is None or trainer.training:
+        return "train"
+    return "test" if trainer.testing else "val"
+
+
 def current_dataloader_idx(trainer: pl.Trainer | None) -> int:
     """The index of the evaluation loader whose batch is being run, for a ``total_loss`` call
     from a user's own ``validation_step`` that does not pass it.

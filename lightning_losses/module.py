@@ -241,16 +241,18 @@ class LossDictModule(pl.LightningModule):
     def total_loss(
         self,
         output: Any,
-        stage: Stage = "train",
+        stage: Stage | None = None,
         batch: Any = None,
         dataloader_idx: int | None = None,
     ) -> StepOutput:
         """Reduce what ``forward`` returned to the weighted total, and record every value.
 
         This is the whole of the provided ``*_step`` methods; call it from your own
-        ``training_step`` to keep the reduction and logging. Returns what Lightning expects from a
-        step: the total (with pass-through outputs, as a dict), or ``None`` when there is nothing
-        to learn from the batch. ``dataloader_idx`` defaults to the loader Lightning is running.
+        ``training_step`` (or ``validation_step``, ``test_step``) to keep the reduction and
+        logging. Returns what Lightning expects from a step: the total (with pass-through
+        outputs, as a dict), or ``None`` when there is nothing to learn from the batch.
+        ``stage`` defaults to what the trainer runs (training, validation or the sanity check,
+        test; ``"train"`` outside a trainer), ``dataloader_idx`` to the loader it runs.
         """
         return self._core.step(output, stage, batch, dataloader_idx)
 

@@ -103,6 +103,16 @@ def test_loss_weights_assigned_after_construction_take_effect(memory_logger):
     assert module.loss_weights == {"depth": 0.0}
 
 
+def test_loss_weights_changed_in_place_are_refused_with_the_way_to_change_them():
+    module = MultiTask(loss_weights={"depth": 0.5})
+    with pytest.raises(TypeError, match=r"module\.loss_weights = \{\*\*module\.loss_weights"):
+        module.loss_weights["depth"] = 0.0
+    with pytest.raises(TypeError, match="cannot be changed in place"):
+        module.loss_weights.update(depth=0.0)
+    assert module.loss_weights == {"depth": 0.5}
+    assert copy.deepcopy(module).loss_weights == {"depth": 0.5}
+
+
 def test_loss_weights_assigned_in_a_subclass_init_take_effect(memory_logger):
     class Weighted(MultiTask):
         def __init__(self) -> None:

@@ -83,3 +83,30 @@ def test_a_total_that_reaches_a_trainable_parameter_is_not_warned_about():
         warnings.simplefilter("always")
         make_trainer(max_steps=2).fit(MultiTask(), multitask_data())
     assert not [w for w in caught if "reach no trainable parameter" in str(w.message)]
+
+
+def test_total_loss_in_a_users_validation_step_records_validation_values(memory_logger):
+    class OwnValidation(MultiTask):
+        def validation_step(self, batch: Any, batch_idx: int) -> Any:
+            return self.total_loss(self(batch))  # no stage=: the trainer's stage decides
+
+    module = OwnValidation()
+    trainer = make_trainer(memory_logger, max_epochs=1, log_every_n_steps=50)
+    trainer.fit(module, multitask_data(), multitask_data(n=16, seed=1))
+    train_steps = [r["seg"] + r["depth"] for r in module.records]
+    (epoch_mean,) = [v for _, v in memory_logger.series("train/loss_epoch")]
+    assert epoch_mean == pytest.approx(sum(train_steps) / len(train_steps), rel=1e-6)
+    assert "val/loss" in trainer.callback_metrics
+    (result,) = trainer.validate(module, multitask_data(n=16, seed=1), verbose=False)
+    assert set(result) == {"val/seg", "val/depth", "val/loss"}
+
+
+def test_a_misspelt_progress_bar_name_is_said_after_the_first_epoch():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(max_epochs=1).fit(MultiTask(prog_bar=["loss", "sge"]), multitask_data())
+    said = [str(w.message) for w in caught if "prog_bar entry" in str(w.message)]
+    assert said == [
+        "prog_bar entry 'sge' matched no value logged during the first training epoch "
+        "(train/sge was never logged); check its spelling (did you mean 'seg'?)"
+    ]

@@ -39,6 +39,8 @@ class Recorder:
     def __init__(self, weights: LossWeights, prog_bar: Iterable[str]) -> None:
         self.log = LossLog()
         self.weights = weights
+        #: The names asked for (``prog_bar=``), and as logged.
+        self.prog_bar_given = tuple(prog_bar)
         self.prog_bar = frozenset(f"train/{name}" for name in prog_bar)
         self.default_prog_bar = tuple(prog_bar) == (TOTAL,)
         self.summaries = Summaries()
@@ -167,6 +169,13 @@ class Recorder:
 
     def write_kinds(self, trainer: pl.Trainer) -> None:
         write_kinds_file(trainer, self.log.session.registry.kind_of)
+
+    def unshown(self) -> tuple[list[str], list[str]]:
+        """``prog_bar=`` names (given, not the default) no training value was logged under,
+        and the names that were."""
+        logged = [n.split("/", 1)[1] for n in self.log.session.registry.names if n[:6] == "train/"]
+        given = () if self.default_prog_bar else self.prog_bar_given
+        return [n for n in given if n not in logged], logged
 
     def train_terms_of(self, reduced: Reduced) -> dict[str, float]:
         """The loss terms among an epoch's training means, by bare name."""

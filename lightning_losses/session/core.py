@@ -136,7 +136,7 @@ class Core:
 
     # ------------------------------------------------------------------ steps
 
-    def step(self, output: Any, stage: str, batch: Any, loader: int | None) -> StepOutput:
+    def step(self, output: Any, stage: str | None, batch: Any, loader: int | None) -> StepOutput:
         """``total_loss``: reduce what ``forward`` returned and record it (see steps.py)."""
         collected = added.STEP.get()  # add_loss / add_metric: this step's collection
         if collected is not None and collected.owner is self.module:
@@ -146,6 +146,8 @@ class Core:
                 output = added.merge(output, collected)
             elif collected.losses:
                 output = added.merge(output, collected)
+        if stage is None:
+            stage = _lightning.stage_now(_lightning.trainer_or_none(self.module))
         if stage == "train":
             fit = self.fit
             if fit is None:  # outside a fit: recorded, never written
@@ -204,6 +206,15 @@ class Core:
         self._checked_unmatched = True
         routes = ("configure_routes", "configure_optimizers")
         seen = self.select.trained_terms
+        unshown, logged = self.recorder.unshown()
+        for entry in unshown:
+            _warnings.warn(
+                f"prog_bar entry {entry!r} matched no value logged during the first training "
+                f"epoch (train/{entry} was never logged); check its spelling"
+                f"{did_you_mean(entry, logged)}",
+                "__init__",
+                owner=self.module,
+            )
         for source, entries, hook, names in (
             ("loss_weights", self.weights.unmatched(), "__init__", seen),
             ("loss_keys", self.select.unmatched(), "__init__", ()),

@@ -58,6 +58,25 @@ class WeightPlan:
         return host.to(device, non_blocking=True)
 
 
+class GivenWeights(dict[str, "WeightValue"]):
+    """``module.loss_weights``: the mapping as given, read-only in place. Changing it in place
+    would change nothing the module uses (its weights are resolved per key set), so each
+    in-place change says how to change the weights instead."""
+
+    def _refuse(self, *args: object, **kwargs: object) -> None:
+        raise TypeError(
+            "module.loss_weights cannot be changed in place; assign a new mapping, which takes "
+            "effect from the next step: module.loss_weights = {**module.loss_weights, "
+            "'depth': 0.5}"
+        )
+
+    __setitem__ = __delitem__ = __ior__ = _refuse  # type: ignore[assignment]
+    update = pop = popitem = clear = setdefault = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[type, tuple[dict[str, WeightValue]]]:
+        return GivenWeights, (dict(self),)  # (copies and pickles rebuild it whole)
+
+
 class LossWeights:
     """Resolves each term's weight: an exact name wins, then the first matching glob pattern in
     the order given, then 1."""
@@ -71,7 +90,7 @@ class LossWeights:
                 "glob patterns to floats or callables step -> float"
             )
         #: The mapping as given (names or patterns -> constant or schedule).
-        self.given: dict[str, WeightValue] = dict(loss_weights)
+        self.given: dict[str, WeightValue] = GivenWeights(loss_weights)
         entries: list[tuple[str, WeightValue]] = []
         for name, value in loss_weights.items():
             if not isinstance(name, str) or not name:
