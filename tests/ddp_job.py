@@ -282,6 +282,25 @@ class WeighedHeads(LossDictModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+class LabelLessFirst(LossDictModule):
+    """Two heads; rank 0's first batch has no label for "t1": a grad-less zero there (a metric
+    on that step), a loss on every other (rank, step). Every step after the first takes the
+    fast path on both ranks, with the plan rank 0 made from a grad-less zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = two_heads()
+
+    def forward(self, batch: Any) -> Any:
+        out = two_head_losses(self.net, batch)
+        if (self.global_rank, self.trainer.global_step) == (0, 0):
+            out["t1"] = torch.zeros(())
+        return out
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
 def two_heads() -> nn.ModuleList:
     torch.manual_seed(0)
     return nn.ModuleList([nn.Linear(3, 4), nn.Linear(4, 1), nn.Linear(4, 1)])
@@ -443,6 +462,9 @@ def scenario(name: str) -> tuple[L.LightningModule, dict[str, Any], dict[str, An
             dict(train_dataloaders=regression_data()),
             dict(max_steps=4, log_every_n_steps=2),
         )
+    if name == "label_less_first":
+        data = dict(train_dataloaders=regression_data())
+        return LabelLessFirst(), data, dict(max_steps=4, log_every_n_steps=2)
     if name == "routes":
         return TwoHeads(), dict(train_dataloaders=regression_data()), dict(max_steps=4)
     if name == "uw":

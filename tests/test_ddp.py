@@ -32,6 +32,7 @@ pytestmark.append(pytest.mark.timeout(TIMEOUT * 3 + 60))  # the first test runs 
 #: fits. Where at most a few tests of this file are selected (``-k``), each runs its own job.
 BATCHED = (
     "means", "loaders", "add_loss", "none_rank1", "nan_raise", "nan_skip", "routes",
+    "label_less_first",
     "diagnostics", "uw", "aggregator", "count_ours", "count_plain", "detector", "gan", "famo",
     "imtll",
 )  # fmt: skip
@@ -293,6 +294,45 @@ def test_per_key_optimizers_under_ddp_equal_a_single_process_replay(tmp_path):
                 p -= update
     expected = torch.cat([p.detach().flatten() for p in net.parameters()]).tolist()
     assert ranks[0]["params"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_term_grad_less_on_one_ranks_first_batch_trains_on_every_later_step(tmp_path):
+    """The fast plan rank 0 makes after a grad-less zero does not keep that verdict: every
+    later step sums and trains "t1" on both ranks, as a single-process replay does."""
+    from ddp_job import two_head_losses, two_heads
+
+    ranks = run_job("label_less_first", tmp_path)
+    assert [r["exception"] for r in ranks] == [None, None]
+    assert ranks[0]["params"] == ranks[1]["params"]
+    net = two_heads()
+    params = list(net.parameters())
+    x, y, rank_indices = regression_batches()
+    logged: list[dict[str, float]] = []
+    for step in range(4):
+        grads = [torch.zeros_like(p) for p in params]
+        values = {}
+        for rank in (0, 1):
+            index = rank_indices[rank][2 * step : 2 * step + 2]
+            out = two_head_losses(net, (x[index], y[index]))
+            terms = ["t0"] if (rank, step) == (0, 0) else ["t0", "t1"]
+            total = sum(out[t] for t in terms)
+            for acc, grad in zip(grads, torch.autograd.grad(total, params, allow_unused=True)):
+                if grad is not None:  # (rank 0's first step: t1's head gets none)
+                    acc += grad / 2
+            values[rank] = {t: float(out[t]) for t in terms} | {"loss": float(total)}
+        logged.append(values)
+        with torch.no_grad():
+            for p, grad in zip(params, grads):
+                p -= 0.1 * grad
+    expected = torch.cat([p.detach().flatten() for p in params]).tolist()
+    assert ranks[0]["params"] == pytest.approx(expected, abs=1e-6)
+    # the window of steps 2-3: every (rank, step) pair has both terms, and the total is theirs
+    (_, window), *_ = [(s, m) for s, m in ranks[0]["logged"] if s == 3 and "train/loss" in m]
+    pairs = [logged[s][r] for s in (2, 3) for r in (0, 1)]
+    for name in ("t0", "t1", "loss"):
+        assert window[f"train/{name}"] == pytest.approx(
+            statistics.fmean(p[name] for p in pairs), rel=1e-6
+        )
 
 
 def test_gradient_diagnostics_under_ddp_are_rank_means_and_leave_training_unchanged(tmp_path):

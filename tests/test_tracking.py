@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from lightning_losses.logging.accumulators import KeyRegistry, MeanAccumulator
+from lightning_losses.logging.accumulators import MeanAccumulator
+from lightning_losses.logging.registry import KeyRegistry
 
 CPU = torch.device("cpu")
 
