@@ -21,4 +21,4 @@ __all__ = [
     "flatten",
     "parse_output",
 ]
-__version__ = "0.3.0.dev0"
+__version__ = "0.4.0.dev0"

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from lightning_losses.devices import device_tensor
 from lightning_losses.distributed import collectives
 from lightning_losses.logging.registry import KeyRegistry
 
@@ -26,18 +26,6 @@ from lightning_losses.logging.registry import KeyRegistry
 def accumulator_dtype(device: torch.device) -> torch.dtype:
     """float64 keeps 10^5+ accumulated steps exact to ~1e-12; MPS has no float64."""
     return torch.float32 if device.type == "mps" else torch.float64
-
-
-def device_tensor(values: list[Any], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``torch.tensor(values)`` on ``device`` without making the host wait: on a GPU through
-    pinned memory and an asynchronous copy (a plain copy from pageable memory blocks until the
-    device has caught up, which a plan built mid-run must not do). Made outside inference
-    mode: plans built during ``validate()`` are reused by training."""
-    with torch.inference_mode(False):
-        host = torch.tensor(values, dtype=dtype)
-        if device.type != "cuda":
-            return host.to(device)
-        return host.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass

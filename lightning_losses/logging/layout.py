@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from lightning_losses.logging.accumulators import accumulator_dtype, device_tensor
+from lightning_losses.devices import device_tensor
+from lightning_losses.logging.accumulators import accumulator_dtype
 from lightning_losses.logging.registry import KeyRegistry
 from lightning_losses.terms.values import TOTAL
 from lightning_losses.weighting.static import WeightPlan

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from lightning_losses import _lightning, _warnings
+from lightning_losses.devices import device_tensor
 from lightning_losses.gradients.diagnostics import diagnostic_names
-from lightning_losses.logging.accumulators import Reduced, accumulator_dtype, device_tensor
+from lightning_losses.logging.accumulators import Reduced, accumulator_dtype
 from lightning_losses.logging.layout import StepPlan
 from lightning_losses.logging.names import NameCheck
 from lightning_losses.logging.summaries import Summaries, write_kinds_file

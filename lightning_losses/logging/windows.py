@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 from lightning_losses.cache import BoundedCache
-from lightning_losses.logging.accumulators import MeanAccumulator, Reduced, device_tensor
+from lightning_losses.devices import device_tensor
+from lightning_losses.logging.accumulators import MeanAccumulator, Reduced
 from lightning_losses.logging.layout import WEIGHT_PREFIX, StepPlan
 from lightning_losses.logging.registry import KeyRegistry
 from lightning_losses.logging.saved import check_saved

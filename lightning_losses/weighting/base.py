@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_losses.cache import BoundedCache
-from lightning_losses.logging.accumulators import device_tensor
+from lightning_losses.devices import device_tensor
 from lightning_losses.terms.patterns import closest
 from lightning_losses.terms.values import describe
 

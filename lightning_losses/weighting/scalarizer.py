@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_losses.devices import device_tensor
 from lightning_losses.distributed import collectives
-from lightning_losses.logging.accumulators import device_tensor
 from lightning_losses.terms.values import describe
 from lightning_losses.weighting.base import Weighting
 

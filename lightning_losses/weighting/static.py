@@ -17,7 +17,7 @@ from torch import Tensor
 
 from lightning_losses import _warnings
 from lightning_losses.cache import BoundedCache
-from lightning_losses.logging.accumulators import device_tensor
+from lightning_losses.devices import device_tensor
 from lightning_losses.terms.patterns import NamePatterns, closest, is_pattern
 from lightning_losses.terms.values import describe
 

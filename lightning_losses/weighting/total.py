@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from lightning_losses.logging.layout import StepPlan
 from lightning_losses.terms.values import check_term_devices
+from lightning_losses.weighting.static import WeightPlan
 
 
 def stack_terms(terms: Mapping[str, Tensor]) -> Tensor:
@@ -32,6 +32,13 @@ def stack_terms(terms: Mapping[str, Tensor]) -> Tensor:
     if losses.dtype is not torch.float32 and losses.dtype is not torch.float64:
         losses = losses.float()  # half-precision terms: reduce and log in full precision
     return losses
+
+
+class Planned(Protocol):
+    """What combining needs of a key set's plan (``logging.layout.StepPlan`` is one)."""
+
+    terms: tuple[str, ...]
+    weights: WeightPlan
 
 
 @dataclass
@@ -52,7 +59,7 @@ class Total:
         self.weighting = weighting
         self._bound = False
 
-    def combine(self, plan: StepPlan, losses: Tensor, step: int, owner: Any = None) -> Combined:
+    def combine(self, plan: Planned, losses: Tensor, step: int, owner: Any = None) -> Combined:
         """``sum_k w_k L_k`` (+ the weighting's penalty) of the stacked terms ``losses``.
         ``owner`` is the module, passed in training: a weighting with ``bind(module)`` (GradNorm
         reads the shared parameters) is bound to it at its first training step."""
