@@ -33,6 +33,12 @@ from lightning_losses.logging.registry import KeyRegistry
 from lightning_losses.logging.saved import check_saved
 from lightning_losses.weighting.static import WeightPlan
 
+#: A step's logged values are copied into a float64 buffer, which autograd refuses for inputs
+#: that carry a gradient, so grad mode is switched off around it. ``torch.no_grad()`` costs
+#: four Python calls per use (its ``__enter__``/``__exit__`` go through ``set_grad_enabled``'s
+#: constructor); this is the switch they end up calling.
+set_grad_enabled = torch._C._set_grad_enabled
+
 #: Staged training steps per plan before they are summed into the window (see plan.py): a
 #: flush every this many steps at most, whatever ``log_every_n_steps`` is.
 STAGED_ROWS = 32
@@ -167,29 +173,56 @@ class LossLog:
         if check_nonfinite and plan.terms:
             session.window.note_nonfinite(plan.nonfinite_slots, plan.nonfinite_values(values), step)
 
-    def stage(self, plan: StepPlan, device: torch.device, step: int | None) -> int:
-        """The index of the staging row that one training step's values go into (the caller
-        stacks them into ``plan.prefix_views[i]``, and a weighting's weights into
-        ``plan.weight_views[i]``). ``step`` is kept when non-finite values must be reported."""
-        views = plan.row_views if plan.rows is not None else plan.staging(device, STAGED_ROWS)
-        filled = plan.filled
-        if filled == len(views):
+    def stage_step(
+        self,
+        plan: StepPlan,
+        record: str,
+        terms: tuple[Tensor, ...],
+        losses: Tensor | None,
+        total: Tensor,
+        metrics: tuple[Tensor, ...] | None,
+        weights: Tensor | None,
+        step: int | None,
+    ) -> bool:
+        """Copy a fast training step's values into its plan's next staging row, the cheapest
+        way for its key set (``record``: see ``session.fast_plans.FastPlan``); the rows are
+        added to the window at the next flush. ``step`` is kept when non-finite values must be
+        reported. ``False`` (nothing staged) where torch refuses the values."""
+        views = plan.row_views if plan.rows is not None else plan.staging(total.device, STAGED_ROWS)
+        row = plan.filled
+        if row == len(views):
             self.flush()
-            filled = 0
-        if filled == 0:
+            row = 0
+        if row == 0:
             self.session.staged.append(plan)
-        plan.filled = filled + 1
+        plan.filled = row + 1
         if step is not None:
             plan.row_steps.append(step)
-        return filled
-
-    def unstage(self, plan: StepPlan) -> None:
-        """Give back the row just staged (its step took the full path instead)."""
-        plan.filled -= 1
-        if plan.row_steps:
-            plan.row_steps.pop()
-        if not plan.filled:
-            self.session.staged.remove(plan)
+        try:
+            set_grad_enabled(False)  # (grad is on: total requires grad)
+            if record == "head":  # [term, total], both the one term
+                plan.head_views[row].copy_(total)
+            elif record == "copies":
+                plan.terms_views[row].copy_(losses)  # type: ignore[arg-type]
+                plan.total_views[row].copy_(total)
+                if metrics is not None:
+                    plan.metric_views[row].copy_(metrics[0])
+            else:
+                values = (*terms, total) if not plan.sole_total else (total,)
+                plan.prefix_views[row].copy_(torch.stack(values + (metrics or ())))
+            if plan.learned_weights:
+                plan.weight_views[row].copy_(weights)  # type: ignore[arg-type]
+        except (RuntimeError, TypeError):  # give the row back: the full path takes the step
+            plan.filled -= 1
+            if step is not None:
+                plan.row_steps.pop()
+            if not plan.filled:
+                self.session.staged.remove(plan)
+            return False
+        finally:
+            set_grad_enabled(True)
+        self.session.window_open = True
+        return True
 
     def flush(self) -> None:
         """Add every staged row to the window (before it is reduced, saved or the epoch ends)."""

@@ -20,18 +20,11 @@ from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from lightning_losses.cache import BoundedCache
 from lightning_losses.logging.layout import StepPlan
 from lightning_losses.terms.parse import ParsedOutput
-
-#: A step's logged values are stacked into a float64 buffer with ``out=``, which autograd refuses
-#: for inputs that carry a gradient, so grad mode is switched off around it. ``torch.no_grad()``
-#: costs four Python calls per use (its ``__enter__``/``__exit__`` go through
-#: ``set_grad_enabled``'s constructor); this is the switch they end up calling.
-set_grad_enabled = torch._C._set_grad_enabled
 
 #: What the full path's verdict on a tensor depends on (a term is a 0-dim floating tensor that
 #: carries a gradient; anything of more than 0 dimensions is passed through).
@@ -100,12 +93,12 @@ def remember(
         return  # flattened, renamed or dropped entries: the full path handles them
     if any(output[name] is not value for name, value in parsed.terms.items()):
         return
-    keys = tuple(output)
+    keys, fresh = tuple(output), KeySet(output)
     keyset = cache.get(keys)
-    if keyset is None or keyset.tensor_names != KeySet(output).tensor_names:
-        keyset = KeySet(output)
-        if not keyset.tensor_names:
+    if keyset is None or keyset.tensor_names != fresh.tensor_names:
+        if not fresh.tensor_names:
             return
+        keyset = fresh  # (a value became, or stopped being, a tensor: new getters)
         cache.put(keys, keyset)
     terms = plan.terms
     all_ones = plan.weights.all_ones and not weighted
@@ -150,4 +143,4 @@ def _tuple_getter(names: tuple[str, ...]) -> Any:
     return itemgetter(*names) if len(names) > 1 else itemgetter(names[0], names[0])
 
 
-__all__ = ["TENSOR_FACTS", "FastPlan", "KeySet", "remember", "set_grad_enabled"]
+__all__ = ["TENSOR_FACTS", "FastPlan", "KeySet", "remember"]

@@ -21,8 +21,7 @@ from torch import Tensor
 
 from lightning_losses.gradients import aggregation
 from lightning_losses.logging.layout import StepPlan
-from lightning_losses.logging.windows import STAGED_ROWS
-from lightning_losses.session.fast_plans import TENSOR_FACTS, FastPlan, KeySet, set_grad_enabled
+from lightning_losses.session.fast_plans import TENSOR_FACTS, KeySet
 from lightning_losses.session.guards import nothing_requires_grad, zero_through_parameters
 from lightning_losses.terms import added
 from lightning_losses.terms.parse import ParsedOutput, no_terms_message, parse_output
@@ -100,7 +99,9 @@ def fast_step(fit: FitSession, keyset: KeySet, output: dict[str, Any]) -> Step |
             goal = goal + penalty
     if fit.distributed:
         goal = fit.absent.cover(fit.module, plan.terms, goal)
-    if not _stage(fit, fast, output, terms, losses, total, weights):
+    metrics = None if fast.metrics is None else fast.metrics(output)
+    step = fit.steps.completed if fit.check_nonfinite else None
+    if not fit.log.stage_step(plan, fast.record, terms, losses, total, metrics, weights, step):
         return None
     fit.objective = goal  # (what Lightning backpropagates: see FitSession.on_train_batch_end)
     if fit.writes.due():
@@ -108,55 +109,6 @@ def fast_step(fit: FitSession, keyset: KeySet, output: dict[str, Any]) -> Step |
     if fast.outputs:
         return Step((goal, {k: output[k] for k in fast.outputs}))
     return Step((goal, None))
-
-
-def _stage(
-    fit: FitSession,
-    fast: FastPlan,
-    output: dict[str, Any],
-    terms: tuple[Tensor, ...],
-    losses: Tensor | None,
-    total: Tensor,
-    weights: Tensor | None,
-) -> bool:
-    """Copy a fast step's logged values into its plan's next staging row (see
-    ``logging.layout``), the cheapest way for its key set; ``False`` if torch refused."""
-    plan, log = fast.plan, fit.log
-    # the plan's next staging row (its rows are added to the window at the next flush)
-    views = plan.row_views if plan.rows is not None else plan.staging(total.device, STAGED_ROWS)
-    row = plan.filled
-    if row == len(views):
-        log.flush()
-        row = 0
-    if row == 0:
-        log.session.staged.append(plan)
-    plan.filled = row + 1
-    if fit.check_nonfinite:  # the step of each row, for the first non-finite step
-        plan.row_steps.append(fit.steps.completed)
-    record = fast.record
-    try:
-        set_grad_enabled(False)  # (grad is on: total requires grad)
-        if record == "head":  # [term, total], both the one term
-            plan.head_views[row].copy_(total)
-        elif record == "copies":
-            plan.terms_views[row].copy_(losses)  # type: ignore[arg-type]
-            plan.total_views[row].copy_(total)
-            if fast.metrics is not None:
-                plan.metric_views[row].copy_(fast.metrics(output)[0])
-        else:
-            values = (*terms, total) if not plan.sole_total else (total,)
-            if fast.metrics is not None:
-                values += fast.metrics(output)
-            plan.prefix_views[row].copy_(torch.stack(values))
-        if plan.learned_weights:
-            plan.weight_views[row].copy_(weights)  # type: ignore[arg-type]
-    except (RuntimeError, TypeError):
-        log.unstage(plan)
-        return False
-    finally:
-        set_grad_enabled(True)
-    log.session.window_open = True
-    return True
 
 
 def joint_step(fit: FitSession | None, core: Any, output: Any) -> Step:
@@ -279,5 +231,4 @@ __all__ = [
     "nothing_to_learn",
     "objective",
     "sequential_step",
-    "set_grad_enabled",
 ]
