@@ -23,20 +23,42 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_losses import LossDictModule
+from lightning_losses import LossDictModule, LossDictWarning
+from lightning_losses.weighting import UncertaintyWeighting
 
 KEYS = ("a", "b", "c")
 KINDS = ("term", "term", "term", "zero", "detached", "int", "float", "vector", "one", "none")
 
 
+#: What combines the terms: the fast step's total is formed differently for each.
+OPTIONS = {
+    "plain": {},
+    "weights": {"loss_weights": {"b": 0.5, "c": 2.0}},
+    "uncertainty": {"weighting": "uw"},
+    "routes": {"routes": True},
+}
+
+
 class Scripted(LossDictModule):
-    def __init__(self, script: list[Any], **kwargs: Any) -> None:
+    def __init__(self, script: list[Any], routes: bool = False, **kwargs: Any) -> None:
+        if kwargs.get("weighting") == "uw":
+            kwargs["weighting"] = UncertaintyWeighting(list(KEYS), init_log_variance=0.3)
         super().__init__(optimizer=lambda p: torch.optim.SGD(p, lr=0.05), **kwargs)
         torch.manual_seed(0)
         self.trunk = nn.Linear(4, 6).double()
         self.heads = nn.ModuleDict({k: nn.Linear(6, 1).double() for k in KEYS})
         self.script = script
         self.calls = 0
+        self.routes = routes
+        if self.weighting is not None:
+            self.weighting.double()
+
+    def configure_optimizers(self) -> Any:
+        if not self.routes:
+            return super().configure_optimizers()
+        heads = {k: torch.optim.SGD(self.heads[k].parameters(), lr=0.05) for k in KEYS}
+        params = [*self.trunk.parameters()]
+        return {**heads, "loss": torch.optim.SGD(params, lr=0.05, momentum=0.5)}
 
     def forward(self, batch: Any) -> Any:
         (x,) = batch
@@ -83,7 +105,7 @@ def run(script: list[Any], every: int, **kwargs: Any) -> dict[str, Any]:
         for step, row in logger.rows
         if set(row) - {"train/skipped_steps", "epoch"}
     ]
-    ours = sorted({str(w.message) for w in caught if "lightning_losses" in w.filename})
+    ours = sorted({str(w.message) for w in caught if issubclass(w.category, LossDictWarning)})
     return {"rows": rows, "params": list(model.parameters()), "error": error, "warnings": ours}
 
 
@@ -96,18 +118,20 @@ steps = st.one_of(
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
 )
 @given(
     first=st.lists(st.sampled_from(KEYS), min_size=1, max_size=3, unique=True),
     later=st.lists(steps, min_size=3, max_size=7),
     every=st.integers(1, 4),
+    options=st.sampled_from(sorted(OPTIONS)),
 )
-def test_the_fast_step_logs_and_trains_what_the_full_path_does(first, later, every):
+def test_the_fast_step_logs_and_trains_what_the_full_path_does(first, later, every, options):
     # two identical steps of plain terms first: a fast plan exists when the changes begin
     plain = tuple((key, "term") for key in first)
     script = [plain, plain, *later]
-    fast, full = run(script, every), run(script, every, nonfinite="skip")
+    chosen = OPTIONS[options]
+    fast, full = run(script, every, **chosen), run(script, every, nonfinite="skip", **chosen)
     assert fast["error"] == full["error"]
     assert fast["warnings"] == full["warnings"]
     assert [(s, sorted(r)) for s, r in fast["rows"]] == [(s, sorted(r)) for s, r in full["rows"]]
