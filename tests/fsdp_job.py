@@ -86,6 +86,11 @@ class Heads(LossDictModule):
         self.routes, self.optional, self.nested = routes, optional, nested
         self.added = False
 
+    #: How ``configure_model`` shards under FSDP2: ``"root"`` (the module whole), ``"blocks"``
+    #: (FSDP2's usual recipe: each block, resharded after its forward by default, then the
+    #: root), ``"kept"`` (each block with ``reshard_after_forward=False``, then the root).
+    recipe = "root"
+
     def configure_model(self) -> None:
         if isinstance(self.trainer.strategy, ModelParallelStrategy):
             from torch.distributed.fsdp import fully_shard
@@ -93,6 +98,9 @@ class Heads(LossDictModule):
             mesh = self.device_mesh["data_parallel"]
             if self.nested:  # the trunk its own group, resharded after its forward (default)
                 fully_shard(self.net[0], mesh=mesh)
+            if self.recipe != "root":
+                for block in self.net:
+                    fully_shard(block, mesh=mesh, reshard_after_forward=self.recipe == "blocks")
             fully_shard(self, mesh=mesh)
 
     def forward(self, batch: Any) -> Any:
@@ -116,6 +124,12 @@ class Heads(LossDictModule):
         owned0 = [*trunk.parameters(), *head0.parameters()]
         if self.routes is None:
             return torch.optim.SGD(self.parameters(), lr=0.1)
+        if self.routes == "three":  # heads on their own terms, the trunk on the total
+            return {
+                "t0": torch.optim.SGD(head0.parameters(), lr=0.1),  # keeps no state
+                "t1": torch.optim.Adam(head1.parameters(), lr=0.01),
+                "loss": torch.optim.SGD(trunk.parameters(), lr=0.1, momentum=0.9),
+            }
         if self.routes == "adam":  # state to checkpoint
             return {
                 "t0": torch.optim.Adam(owned0, lr=0.01),
@@ -136,7 +150,7 @@ def module_for(scenario: str) -> Heads:
         return Heads()
     if scenario == "optional":
         return Heads(optional=True)
-    if scenario in ("joint", "frequency"):
+    if scenario in ("joint", "frequency", "three"):
         return Heads(routes=scenario)
     if scenario == "sequential":
         return Heads(routes="joint", route_mode="sequential")
@@ -194,6 +208,8 @@ def run(scenario: str, strategy_name: str, out: Path) -> None:
             log_every_n_steps=2 if scenario == "resume" else 3,
         )
         module = module_for(scenario)
+        if strategy_name.startswith("fsdp2-"):
+            module.recipe = strategy_name.removeprefix("fsdp2-")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -211,7 +227,7 @@ def strategy(name: str) -> Any:
     """FSDP2 over both processes (data parallel; "auto" would make them tensor parallel), or
     DDP without find_unused_parameters."""
     timeout = timedelta(seconds=60)  # a collective that never completes fails the fit
-    if name == "fsdp2":
+    if name.startswith("fsdp2"):
         return ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, timeout=timeout)
     return DDPStrategy(timeout=timeout)
 

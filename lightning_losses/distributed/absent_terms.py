@@ -28,8 +28,9 @@ from torch import Tensor, nn
 
 from lightning_losses import _lightning
 from lightning_losses.cache import BoundedCache
+from lightning_losses.distributed import fsdp2
 from lightning_losses.distributed.sharding import is_sharded
-from lightning_losses.routing import reached_parameters
+from lightning_losses.gradients.graph import reach
 
 
 class _ZeroGradients(torch.autograd.Function):
@@ -50,33 +51,68 @@ class AbsentTerms:
     """Per key set: the trainable parameters the objective leaves without a gradient."""
 
     def __init__(self) -> None:
-        self._unreached: BoundedCache[tuple[str, ...], list[Tensor]] = BoundedCache()
+        #: (key set, the blocks that ran) -> (positions of block outputs the objective does not
+        #: reach, parameters it does not reach)
+        self._unreached: BoundedCache[tuple[Any, ...], tuple[list[int], list[Tensor]]] = (
+            BoundedCache()
+        )
         self._trainer: Any = None
         self._distributed = False
 
     def cover(self, module: nn.Module, names: tuple[str, ...], objective: Tensor) -> Tensor:
         """``objective``, plus a zero that reaches every trainable parameter it does not reach
         when the module trains on several processes (alone, a missing gradient is what the
-        optimizer should see: it skips the parameter)."""
+        optimizer should see: it skips the parameter).
+
+        Under FSDP2 with blocks, a block whose outputs the objective does not reach gets the
+        zero through those outputs (see ``fsdp2``): its backward then runs, with its
+        collectives, in its turn as on the ranks that have its terms.
+        """
         trainer = _lightning.trainer_or_none(module)
         if trainer is not self._trainer:  # a new fit: another strategy, other parameters
             self._trainer = trainer
             self._distributed = trainer is not None and trainer.world_size > 1
             self._unreached.clear()
+        steps = fsdp2.steps_of(module)
+        records = steps.take() if steps is not None else []
         if not self._distributed or not objective.requires_grad:
             return objective
-        unreached = self._unreached.get(names)
+        key = (names, *[id(block) for block, _ in records])
+        unreached = self._unreached.get(key)
         if unreached is None:
-            reached = reached_parameters(objective)
-            unreached = [
-                p
-                for p in module.parameters()
-                # a sharded FSDP2 parameter (DTensor) is never a leaf of the step's graph: its
-                # group's unsharded parameters are, and FSDP2 reduces those
-                # nor a view (FSDP1 holds views of its flat parameter, which is the leaf)
-                if p.requires_grad and p.is_leaf and id(p) not in reached and not is_sharded(p)
-            ]
-            self._unreached.put(names, unreached)
-        if not unreached:
-            return objective
-        return objective + _ZeroGradients.apply(*unreached)
+            unreached = _unreached(module, objective, records)
+            self._unreached.put(key, unreached)
+        outputs, params = unreached
+        if outputs:
+            tensors = [t.sum() for i in outputs for t in records[i][1]]
+            objective = objective + torch.stack(tensors).sum() * 0.0
+        if params:
+            objective = objective + _ZeroGradients.apply(*params)
+        return objective
+
+
+def _unreached(
+    module: nn.Module, objective: Tensor, records: list[tuple[nn.Module, list[Tensor]]]
+) -> tuple[list[int], list[Tensor]]:
+    """Which block outputs and which trainable parameters ``objective`` does not reach (a
+    parameter reached through an unreached block's outputs counts as reached: the zero through
+    those outputs gives it its gradient)."""
+    found = reach(objective)
+    outputs = [i for i, (_, ts) in enumerate(records) if not any(map(found.reaches, ts))]
+    through = reach(*[t for i in outputs for t in records[i][1]]).leaves if outputs else set()
+    unsharded = fsdp2.unsharded_parameters(module)
+    params = []
+    for param in module.parameters():
+        # what the step's graph differentiates: a sharded FSDP2 parameter's unsharded one (a
+        # sharded parameter is never a leaf of it); FSDP1's views of its flat parameter are
+        # not leaves either (the flat parameter is), and are left alone
+        leaf = unsharded.get(id(param), param)
+        if (
+            param.requires_grad
+            and leaf.is_leaf
+            and not is_sharded(leaf)
+            and id(leaf) not in found.leaves
+            and id(leaf) not in through
+        ):
+            params.append(leaf)
+    return outputs, params

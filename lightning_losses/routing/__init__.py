@@ -34,6 +34,7 @@ gradient, also under ``torch.compile``). Imports run one way: route <- optimizer
 optimizer <- router.
 """
 
+from lightning_losses.gradients.graph import reached_parameters
 from lightning_losses.routing.config import (
     ROUTE_KEYS,
     RouteConfig,
@@ -44,7 +45,7 @@ from lightning_losses.routing.config import (
 )
 from lightning_losses.routing.optimizer import RoutedOptimizer, routed_optimizer
 from lightning_losses.routing.route import EVERY_ROUTE, Route, route_name
-from lightning_losses.routing.router import Router, reached_parameters
+from lightning_losses.routing.router import Router
 
 __all__ = [
     "EVERY_ROUTE",

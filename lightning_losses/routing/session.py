@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_losses import _lightning
-from lightning_losses.distributed import sharding
+from lightning_losses.distributed import fsdp2, sharding
 from lightning_losses.routing.config import is_route_map, parse_route_map
 from lightning_losses.routing.optimizer import RoutedOptimizer, routed_optimizer
 from lightning_losses.routing.route import EVERY_ROUTE, Route, route_name
@@ -44,6 +44,9 @@ class RoutingSession:
         check_route_mode(route_mode)
         self.route_mode = route_mode
         self.router: Router | None = None
+        #: FSDP2 on several processes: the blocks' outputs per step (see distributed.fsdp2).
+        self.blocks: fsdp2.BlockSteps | None = None
+        self._watched = False
         #: This fit has one optimizer: nothing to route (found at its first batch).
         self.single_optimizer = False
         self._checked_alternation = False
@@ -56,6 +59,7 @@ class RoutingSession:
 
     def begin_fit(self) -> None:
         self.router, self._checked_alternation, self.single_optimizer = None, False, False
+        self.blocks, self._watched = None, False
         self._pending_terms, self._pending_metrics = {}, {}
 
     def router_for_step(self, trainer: pl.Trainer | None) -> Router | None:
@@ -65,7 +69,9 @@ class RoutingSession:
             composite = routed_optimizer(trainer.optimizers)
             if composite is not None:
                 module = trainer.lightning_module
-                self.router = Router(composite, sharding.leaf_resolver(module))
+                self.router = Router(composite, sharding.leaf_resolver(module), self.blocks)
+                if self.blocks is not None:
+                    self.blocks.routed = True
         return self.router
 
     def begin_batch(self, trainer: pl.Trainer, combines_terms: str | None) -> bool:
@@ -74,6 +80,13 @@ class RoutingSession:
         progress bar). ``combines_terms`` names a ``weighting=``/``aggregator=`` in use."""
         if self.single_optimizer:
             return False
+        if not self._watched:
+            # before the fit's first forward: FSDP2's blocks are recorded from it on (a rank
+            # whose objective misses a block covers it through its outputs; see absent_terms)
+            self._watched = True
+            self.blocks = fsdp2.watch(trainer.lightning_module, trainer.world_size > 1)
+            if self.router is not None and self.blocks is not None:  # made by a resume's check
+                self.router.blocks, self.blocks.routed = self.blocks, True
         router = self.router_for_step(trainer)
         if router is None:
             self.single_optimizer = True
@@ -92,6 +105,8 @@ class RoutingSession:
             self.restored_route_steps = None
         composite.sequential = self.route_mode == "sequential"
         composite.current = None
+        if router.blocks is not None:
+            router.blocks.alternating = router.alternating
         if composite.frequencies:  # turns follow global_step
             composite.active = composite.turn(trainer.global_step)
         elif len(composite.active) != len(composite.optimizers):
@@ -182,6 +197,7 @@ class RoutingSession:
             # only the stepping routes' gradients; zeros for every other parameter
             return router.surrogate(names, weighted, router.stepping())
         if router.one_backward_suffices(names, terms):
+            router.before_backward(False)
             return total
         return router.surrogate(names, weighted)
 
