@@ -119,6 +119,15 @@ class Heads(LossDictModule):
             out["t1"] = second
         return out
 
+    def ddp_record(self) -> dict[str, Any]:
+        """Each route's optimizer steps so far (what its scheduler follows)."""
+        from lightning_losses.routing import RoutedOptimizer, route_name
+
+        optimizer = self.trainer.optimizers[0]
+        if not isinstance(optimizer, RoutedOptimizer):
+            return {}
+        return {"route_steps": {route_name(r): n for r, n in optimizer.steps_taken.items()}}
+
     def configure_optimizers(self) -> Any:
         trunk, head0, head1 = self.net
         owned0 = [*trunk.parameters(), *head0.parameters()]
@@ -146,7 +155,18 @@ class Heads(LossDictModule):
 
 
 def module_for(scenario: str) -> Heads:
-    if scenario == "one":
+    """``BASE`` or ``BASE+optional`` / ``BASE+none``: the base scenario with ``t1`` absent on
+    rank 0 at steps 0 and 1, or with rank 1's forward returning ``None`` at step 1."""
+    base, *options = scenario.split("+")
+    module = _base_module(base)
+    module.optional = module.optional or "optional" in options
+    if "none" in options or base == "none":  # nothing to learn on rank 1 at step 1
+        module.none_at = (1, 1)
+    return module
+
+
+def _base_module(scenario: str) -> Heads:
+    if scenario in ("one", "none"):
         return Heads()
     if scenario == "optional":
         return Heads(optional=True)
@@ -164,30 +184,29 @@ def module_for(scenario: str) -> Heads:
         return module
     if scenario == "diagnostics":
         return Heads(grad_diagnostics_every_n_steps=1)
-    if scenario == "none":  # nothing to learn on rank 1 at step 1
-        module = Heads()
-        module.none_at = (1, 1)
-        return module
     if scenario == "nested_optional":
         return Heads(optional=True, nested=True)
     if scenario == "nested_diagnostics":
         return Heads(nested=True, grad_diagnostics_every_n_steps=1)
     if scenario == "nested_routes":
         return Heads(routes="joint", nested=True)
-    if scenario.startswith("resume"):
+    if scenario == "resume":  # Adam and SGD with momentum: both keep state
         return Heads(routes="adam")
+    if scenario == "resume_three":  # the three routes: plain SGD (no state), Adam, momentum
+        return Heads(routes="three")
     raise SystemExit(f"unknown scenario {scenario!r}")
 
 
 def run(scenario: str, strategy_name: str, out: Path) -> None:
     """One fit; ``resume``: a 2-epoch run that saves after epoch 1, then a run resumed there."""
     fits: list[tuple[str, dict[str, Any], list[Any], int]] = [(scenario, {}, [], 1)]
-    if scenario == "resume":
-        saver = ModelCheckpoint(dirpath=out / "checkpoints", every_n_epochs=1, save_top_k=-1)
+    if scenario.startswith("resume"):
+        saved = out / "checkpoints" / f"{scenario}-{strategy_name}"
+        saver = ModelCheckpoint(dirpath=saved, every_n_epochs=1, save_top_k=-1)
         fits = [
-            ("resume-straight", {}, [], 2),
-            ("resume-saving", {}, [saver], 1),
-            ("resume-resumed", {"ckpt_path": out / "checkpoints" / "epoch=0-step=4.ckpt"}, [], 2),
+            (f"{scenario}-straight", {}, [], 2),
+            (f"{scenario}-saving", {}, [saver], 1),
+            (f"{scenario}-resumed", {"ckpt_path": saved / "epoch=0-step=4.ckpt"}, [], 2),
         ]
     for name, fit_kwargs, callbacks, epochs in fits:
         target = out / f"{name}-{strategy_name}"
@@ -205,7 +224,7 @@ def run(scenario: str, strategy_name: str, out: Path) -> None:
             # 4 steps an epoch: windows straddle the epoch's end. Not a resumed run's checkpoint:
             # under DDP and FSDP2 a checkpoint keeps rank 0's part of a partly filled window only
             # (docs/guarantees.md), so that window is not an uninterrupted run's.
-            log_every_n_steps=2 if scenario == "resume" else 3,
+            log_every_n_steps=2 if scenario.startswith("resume") else 3,
         )
         module = module_for(scenario)
         if strategy_name.startswith("fsdp2-"):

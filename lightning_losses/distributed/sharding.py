@@ -61,20 +61,36 @@ def leaf_resolver(module: nn.Module) -> Callable[[Sequence[Tensor]], list[Tensor
             out.append(getattr(module.get_submodule(owner), attribute))
         missing = [names.get(id(p), "?") for p, leaf in zip(params, out) if is_sharded(leaf)]
         if missing:
-            raise_resharded(missing, "per-key optimizer routes")
+            raise_never_gathered(missing, "per-key optimizer routes")
         return out
 
     return leaves
 
 
 def raise_resharded(names: Sequence[str], feature: str) -> None:
-    shown = ", ".join(map(repr, names[:6])) + (" ..." if len(names) > 6 else "")
+    """``feature`` needs the unsharded value of parameters that FSDP2 resharded after their
+    module's forward (gradient diagnostics and ``aggregator=``, which differentiate them before
+    the backward, without the gathering that routes do)."""
     raise RuntimeError(
-        f"{feature} differentiate the loss terms with respect to parameters, but FSDP2 holds "
-        f"{shown} sharded during the step and has no unsharded value of them to "
-        "differentiate (their module's forward did not run on this rank); expected every "
-        "fully_shard module to run its forward in each training step"
+        f"{feature} differentiate the loss terms with respect to parameters, but FSDP2 has "
+        f"resharded {_shown(names)} after their module's forward (fully_shard's "
+        "reshard_after_forward=True, the default below the root), so they have no unsharded "
+        "value to differentiate; expected fully_shard(..., reshard_after_forward=False) on "
+        "those modules, or fully_shard on the root module only"
     )
+
+
+def raise_never_gathered(names: Sequence[str], feature: str) -> None:
+    raise RuntimeError(
+        f"{feature} differentiate the loss terms with respect to parameters, but FSDP2 has "
+        f"never gathered {_shown(names)} on this rank (their module's forward has not run); "
+        "expected every fully_shard module to run its forward in each training step, as FSDP2 "
+        "itself requires"
+    )
+
+
+def _shown(names: Sequence[str]) -> str:
+    return ", ".join(map(repr, names[:6])) + (" ..." if len(names) > 6 else "")
 
 
 _ZERO_METHOD = "_lightning_losses_zero_through_parameters"

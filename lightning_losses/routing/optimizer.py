@@ -445,7 +445,12 @@ class RoutedOptimizer(Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """Shaped like any optimizer's: ``{"state": {index: ...}, "param_groups": [...]}`` over
         ``param_groups`` in order (what ``torch.distributed.checkpoint`` maps to parameter
-        names), each group carrying the name of its ``"route"``."""
+        names), each group carrying the name of its ``"route"``.
+
+        Every parameter has a ``"state"`` entry: ``{}`` where its route's optimizer keeps none
+        (SGD without momentum). ``torch.distributed.checkpoint`` loads an optimizer's state
+        strictly as soon as any parameter has some (as soon as one route is stateful), and then
+        requires an entry for every parameter that requires grad."""
         for pre_hook in list(self._optimizer_state_dict_pre_hooks.values()):
             pre_hook(self)
         index: dict[int, int] = {}
@@ -458,6 +463,8 @@ class RoutedOptimizer(Optimizer):
         packed_state = {
             (index[id(k)] if isinstance(k, Tensor) else k): v for k, v in self.state.items()
         }
+        for position in index.values():
+            packed_state.setdefault(position, {})
         state_dict: dict[str, Any] = {"state": packed_state, "param_groups": packed_groups}
         for post_hook in list(self._optimizer_state_dict_post_hooks.values()):
             result = post_hook(self, state_dict)
