@@ -3,11 +3,13 @@
     python tests/fsdp_job.py --out DIR SCENARIO:STRATEGY [SCENARIO:STRATEGY ...]
 
 STRATEGY is ``ddp`` (Lightning's ``DDPStrategy()``: no ``find_unused_parameters``) or ``fsdp2``
-(``ModelParallelStrategy(data_parallel_size=2)``, the module calling ``fully_shard`` in
-``configure_model``). Every fit of the list runs in the same two processes, one after another
-(Lightning launches rank 1 once, at the first fit), so that the cost of starting processes is
-paid once; each writes ``DIR/<scenario>-<strategy>/rank<r>.json`` as ``ddp_job.Recorder`` does,
-with the parameters gathered whole (FSDP2 shards them) and the warnings the fit raised. Run by
+(``ModelParallelStrategy(data_parallel_size=2)``, the module calling ``fully_shard`` on itself in
+``configure_model``); ``fsdp2-blocks`` shards each block first (FSDP2's usual recipe, blocks
+resharded after their forward), ``fsdp2-kept`` each block with ``reshard_after_forward=False``.
+Every fit of the list runs in the same two processes, one after another (Lightning launches
+rank 1 once, at the first fit), so that the cost of starting processes is paid once; each
+writes ``DIR/<scenario>-<strategy>/rank<r>.json`` as ``ddp_job.Recorder`` does, with the
+parameters gathered whole (FSDP2 shards them) and the warnings the fit raised. Run by
 ``test_fsdp.py`` in a subprocess with a timeout.
 """
 
@@ -67,11 +69,12 @@ class WholeRecorder(Recorder):
 
 
 class Heads(LossDictModule):
-    """A trunk and two heads (``two_heads``), sharded whole under FSDP2.
+    """A trunk and two heads (``two_heads``), sharded under FSDP2 as ``recipe`` says.
 
     ``optional``: head 1's term ``t1`` is on rank 1 at every step, on rank 0 from step 2 on only
-    (its first appearance there comes after steps that never saw it). ``added``: ``t1`` comes
-    from ``add_loss`` on rank 1 only, with a metric from every rank.
+    (its first appearance there comes after steps that never saw it); ``late``: on no rank
+    before step 2. ``added``: ``t1`` comes from ``add_loss`` on rank 1 only, with a metric from
+    every rank.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class Heads(LossDictModule):
         self.net = two_heads()
         self.routes, self.optional, self.nested = routes, optional, nested
         self.added = False
+        self.late = False  # t1 on no rank before step 2
 
     #: How ``configure_model`` shards under FSDP2: ``"root"`` (the module whole), ``"blocks"``
     #: (FSDP2's usual recipe: each block, resharded after its forward by default, then the
@@ -115,7 +119,7 @@ class Heads(LossDictModule):
             if rank == 1:
                 ll.add_loss("t1", second)
             ll.add_metric("util", float(rank))
-        elif not (self.training and self.optional and rank == 0 and step < 2):
+        elif not (self.training and step < 2 and (self.late or (self.optional and rank == 0))):
             out["t1"] = second
         return out
 
@@ -155,11 +159,13 @@ class Heads(LossDictModule):
 
 
 def module_for(scenario: str) -> Heads:
-    """``BASE`` or ``BASE+optional`` / ``BASE+none``: the base scenario with ``t1`` absent on
-    rank 0 at steps 0 and 1, or with rank 1's forward returning ``None`` at step 1."""
+    """``BASE`` or ``BASE+optional`` / ``BASE+late`` / ``BASE+none``: the base scenario with
+    ``t1`` absent on rank 0 (on both ranks) at steps 0 and 1, or with rank 1's forward returning
+    ``None`` at step 1."""
     base, *options = scenario.split("+")
     module = _base_module(base)
     module.optional = module.optional or "optional" in options
+    module.late = "late" in options
     if "none" in options or base == "none":  # nothing to learn on rank 1 at step 1
         module.none_at = (1, 1)
     return module
