@@ -106,8 +106,8 @@ class Router:
 
     def one_backward_suffices(self, terms: tuple[str, ...], losses: list[Tensor]) -> bool:
         """Whether the plain backward of the total gives every parameter its route's gradient:
-        no term outside a route reaches that route's parameters. Decided once per key set."""
-        self._refresh()
+        no term outside a route reaches that route's parameters. Decided once per key set
+        (after :meth:`note`, which brings the routes' parameters up to date)."""
         if self.views:  # no leaf to find in the graph: the surrogate, always right
             return False
         verdict = self._fast.get(terms)

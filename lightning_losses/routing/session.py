@@ -105,8 +105,6 @@ class RoutingSession:
             self.restored_route_steps = None
         composite.sequential = self.route_mode == "sequential"
         composite.current = None
-        if router.blocks is not None:
-            router.blocks.alternating = router.alternating
         if composite.frequencies:  # turns follow global_step
             composite.active = composite.turn(trainer.global_step)
         elif len(composite.active) != len(composite.optimizers):
@@ -114,6 +112,8 @@ class RoutingSession:
         if self._checked_alternation:
             return False
         self._checked_alternation = True  # (the routes' kind is fixed for the fit)
+        if router.blocks is not None:
+            router.blocks.alternating = router.alternating
         if not router.alternating:
             return False
         self._check_alternation(trainer, combines_terms)
@@ -221,6 +221,8 @@ class RoutingSession:
     ) -> None:
         """Each stepping route optimizer clipped on its own parameters, with its own setting
         where its dict gives one."""
+        if gradient_clip_val is None and not composite.clipping:
+            return  # (no loop over the routes when nothing clips)
         stepping = composite.active if composite.current is None else (composite.current,)
         for route in stepping:  # the others hold zero gradients
             inner = composite.optimizers[route]
