@@ -143,6 +143,11 @@ class Heads(LossDictModule):
                 "t1": torch.optim.Adam(head1.parameters(), lr=0.01),
                 "loss": torch.optim.SGD(trunk.parameters(), lr=0.1, momentum=0.9),
             }
+        if self.routes == "turns":
+            return {
+                "t0": {"optimizer": torch.optim.SGD(owned0, lr=0.1), "frequency": 5},
+                "t1": {"optimizer": torch.optim.Adam(head1.parameters(), lr=0.01), "frequency": 1},
+            }
         if self.routes == "adam":  # state to checkpoint
             return {
                 "t0": torch.optim.Adam(owned0, lr=0.01),
@@ -200,6 +205,8 @@ def _base_module(scenario: str) -> Heads:
         return Heads(routes="adam")
     if scenario == "resume_three":  # the three routes: plain SGD (no state), Adam, momentum
         return Heads(routes="three")
+    if scenario == "resume_turns":  # turns: 5 steps of plain SGD, then 1 of Adam, which has
+        return Heads(routes="turns")  # not stepped when the first epoch (4 steps) is saved
     raise SystemExit(f"unknown scenario {scenario!r}")
 
 

@@ -44,7 +44,7 @@ RECIPES = ["fsdp2-blocks", "fsdp2-kept"]
 #: "joint" routes overlap (t1 reaches the trunk, which is t0's): a backward per route.
 ROUTED = ["three", "three+optional", "three+none", "joint+optional", "joint+none"]
 BLOCKS = ["one", "optional", "none", "uw", "joint", "frequency", "sequential", *ROUTED]
-#: Resumed runs: the three routes above, under DDP and every FSDP2 recipe.
+#: Resumed runs (the three routes above, and turns), under DDP and every FSDP2 recipe.
 RESUMED = ["ddp", "fsdp2", *RECIPES]
 #: FSDP2 only, with the trunk sharded as a group of its own (resharded after its forward).
 NESTED = ["nested_optional", "nested_diagnostics", "nested_routes"]
@@ -57,7 +57,7 @@ def runs(tmp_path_factory) -> dict[str, list[dict]]:
     jobs = [f"{s}:{strategy}" for s in SCENARIOS for strategy in ("ddp", "fsdp2")]
     jobs += [f"{s}:ddp" for s in ROUTED]
     jobs += [f"{s}:{recipe}" for s in BLOCKS for recipe in RECIPES]
-    jobs += [f"resume_three:{strategy}" for strategy in RESUMED]
+    jobs += [f"{s}:{strategy}" for s in ("resume_three", "resume_turns") for strategy in RESUMED]
     jobs += ["joint+late:fsdp2-kept", "joint+late:ddp"]
     jobs += [f"{s}:fsdp2" for s in NESTED]  # last: these raise
     jobs += ["joint+late:fsdp2-blocks"]
@@ -292,25 +292,32 @@ def test_a_resumed_run_with_routes_equals_the_uninterrupted_one(runs, strategy):
     assert_same_rows(resumed["logged"], [(s, m) for s, m in straight["logged"] if s >= 4])
 
 
+#: What each route's step count is at the checkpoint and at the end of the resumed run.
+ROUTE_STEPS = {
+    "resume_three": ({"t0": 4, "t1": 4, "loss": 4}, {"t0": 8, "t1": 8, "loss": 8}),
+    "resume_turns": ({"t0": 4, "t1": 0}, {"t0": 7, "t1": 1}),
+}
+
+
 @pytest.mark.parametrize("strategy", RESUMED)
-def test_a_resumed_run_with_a_state_less_route_optimizer_equals_the_uninterrupted_one(
-    runs, strategy
+@pytest.mark.parametrize("scenario", list(ROUTE_STEPS))
+def test_a_resumed_run_with_any_route_optimizer_equals_the_uninterrupted_one(
+    runs, scenario, strategy
 ):
-    # plain SGD (no state at all) beside Adam and SGD with momentum: a distributed checkpoint
-    # loads optimizer state strictly, and needs an entry for every trainable parameter
-    straight = finished(runs[f"resume_three-straight-{strategy}"])[0]
-    assert finished(runs[f"resume_three-saving-{strategy}"])[0]["extra"]["route_steps"] == {
-        "t0": 4,
-        "t1": 4,
-        "loss": 4,
-    }
-    resumed = finished(runs[f"resume_three-resumed-{strategy}"])[0]
+    # resume_three: plain SGD (no state at all) beside Adam and SGD with momentum; a distributed
+    # checkpoint loads optimizer state strictly, and needs an entry for every trainable
+    # parameter. resume_turns: the Adam route has not stepped when the checkpoint is saved (its
+    # turn comes after 5 steps of plain SGD), and must resume without state, as it was.
+    at_checkpoint, at_end = ROUTE_STEPS[scenario]
+    straight = finished(runs[f"{scenario}-straight-{strategy}"])[0]
+    saving = finished(runs[f"{scenario}-saving-{strategy}"])[0]
+    assert saving["extra"]["route_steps"] == at_checkpoint
+    resumed = finished(runs[f"{scenario}-resumed-{strategy}"])[0]
     assert resumed["global_step"] == straight["global_step"] == 8
     assert resumed["params"] == pytest.approx(straight["params"], abs=1e-7)
     assert resumed["params"] != pytest.approx(straight["initial_params"], abs=1e-3)
     assert_same_rows(resumed["logged"], [(s, m) for s, m in straight["logged"] if s >= 4])
-    steps = {"t0": 8, "t1": 8, "loss": 8}
-    assert resumed["extra"]["route_steps"] == straight["extra"]["route_steps"] == steps
+    assert resumed["extra"]["route_steps"] == straight["extra"]["route_steps"] == at_end
 
 
 def test_nested_fsdp2_groups_with_optional_terms_equal_ddp(runs):

@@ -33,7 +33,7 @@ from lightning_losses.routing.groups import (
     named_route,
 )
 from lightning_losses.routing.route import Route, route_name
-from lightning_losses.routing.state_dict import pack, unpack
+from lightning_losses.routing.state_dict import initialized, pack, unpack
 from lightning_losses.routing.views import RouteStates, RouteView
 
 
@@ -329,11 +329,14 @@ class RoutedOptimizer(Optimizer):
     # ------------------------------------------------------------------ state dicts
 
     def state_dict(self) -> dict[str, Any]:
-        """Shaped like any optimizer's, each group carrying its ``"route"`` (see
+        """Shaped like any optimizer's, each group carrying its ``"route"``; a route that has
+        not stepped yet holds, in it, the state its first step would create (see
         :mod:`~lightning_losses.routing.state_dict`)."""
         for pre_hook in list(self._optimizer_state_dict_pre_hooks.values()):
             pre_hook(self)
-        state_dict = pack(self._order, self.param_groups, self.state)
+        unstarted = [route for route, opt in self.optimizers.items() if not opt.state]
+        with initialized([self.optimizers[route] for route in unstarted]):
+            state_dict = pack(self._order, self.param_groups, self.state)
         for post_hook in list(self._optimizer_state_dict_post_hooks.values()):
             result = post_hook(self, state_dict)
             if result is not None:

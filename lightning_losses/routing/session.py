@@ -99,9 +99,11 @@ class RoutingSession:
             return False
         composite = router.optimizer
         if self.restored_route_steps:  # a resumed run: what each route's scheduler follows
-            for route in composite.optimizers:
-                name = route_name(route)
-                composite.steps_taken[route] = int(self.restored_route_steps.get(name, 0))
+            for route, optimizer in composite.optimizers.items():
+                steps = int(self.restored_route_steps.get(route_name(route), 0))
+                composite.steps_taken[route] = steps
+                if not steps:  # the state the checkpoint made for it (routing.state_dict)
+                    optimizer.state.clear()
             self.restored_route_steps = None
         composite.sequential = self.route_mode == "sequential"
         composite.current = None

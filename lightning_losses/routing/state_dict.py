@@ -4,14 +4,28 @@
 (what ``torch.distributed.checkpoint`` maps to parameter names), each group carrying the name of
 its ``"route"``. Loading splits it into one state dict per route optimizer; the
 ``{route name: optimizer state dict}`` that checkpoints written before 0.3 hold loads too.
+
+``torch.distributed.checkpoint`` needs every state that a checkpoint may hold to exist before it
+loads one (it loads into the tensors of the optimizer it is given, and fails on any it does not
+find in the file), and creates them by stepping an optimizer that has none with zero gradients
+and a learning rate of 0. A composite stepped that way would count a step on every route and
+start each route optimizer's state (an Adam that has not stepped yet would take its first real
+step as its second). So the composite is never stepped for it: each route optimizer that has
+not stepped yet is stepped that way alone while its state dict is written (:func:`initialized`)
+and its state dropped again right after. A resumed fit drops it too, for every route that the
+checkpoint's step counts say had not stepped (``RoutingSession.begin_batch``): such a route
+resumes with no state, as it was.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor
+from torch.optim import Optimizer
 
 from lightning_losses.routing.route import Route, route_name
 
@@ -89,3 +103,39 @@ def _split(
             "param_groups": groups,
         }
     return per_route
+
+
+@contextmanager
+def initialized(optimizers: Iterable[Optimizer]) -> Iterator[None]:
+    """Inside, each of ``optimizers`` holds the state its first step creates (what
+    ``torch.distributed.checkpoint`` would create: a step with zero gradients and a learning
+    rate of 0); afterwards none, and its parameters, gradients and learning rates as they were.
+    An optimizer whose step needs a closure (LBFGS) is left without."""
+    stepped = []
+    try:
+        for optimizer in optimizers:
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+            grads = [p.grad for p in params]
+            rates = [g.get("lr") for g in optimizer.param_groups]
+            try:
+                for param in params:
+                    param.grad = torch.zeros_like(param)
+                for group in optimizer.param_groups:
+                    if isinstance(group.get("lr"), Tensor):
+                        group["lr"] = torch.zeros_like(group["lr"])
+                    elif "lr" in group:
+                        group["lr"] = 0.0
+                stepped.append(optimizer)
+                optimizer.step()
+            except TypeError:  # (LBFGS: "'NoneType' object is not callable")
+                pass
+            finally:
+                for group, rate in zip(optimizer.param_groups, rates):
+                    if "lr" in group:
+                        group["lr"] = rate
+                for param, grad in zip(params, grads):
+                    param.grad = grad
+        yield
+    finally:
+        for optimizer in stepped:
+            optimizer.state.clear()

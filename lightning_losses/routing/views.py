@@ -69,6 +69,13 @@ class RouteStates(MutableMapping[Tensor, Any]):
     def __len__(self) -> int:
         return sum(len(state) for state in self._states())
 
+    def __bool__(self) -> bool:
+        """Always true: ``torch.distributed.checkpoint`` steps an optimizer whose ``state`` is
+        empty to create it, which on the composite would count as every route's step; the
+        composite creates what a checkpoint needs itself, route by route (see
+        ``routing.state_dict``)."""
+        return True
+
     def __repr__(self) -> str:
         return f"RouteStates({len(self)} parameters)"
 
