@@ -9,11 +9,18 @@ only the parameters that got a gradient, so the ranks' buffers disagree.
 Here every trainable parameter that the step's objective does not reach gets an exact zero
 gradient through one extra autograd node, so every rank hands its reducer the same parameters and
 the averaged gradient is what ``find_unused_parameters=True`` would compute. Which parameters the
-objective reaches is read from its autograd graph once per key set (the graph walk routing.py
-uses) and cached: a step whose key set is known costs one dictionary lookup, plus the node and
-its zero tensors when something is missing. Nothing is known in advance about the terms, so the
+objective reaches is read from its autograd graph once per key set (the graph walk of
+``gradients.graph``) and cached: a step whose key set is known costs one dictionary lookup, plus
+the node and its zero tensors when something is missing. Nothing is known in advance about the terms, so the
 first step works like any other: a term never seen on this rank is simply a parameter set this
 rank's objective does not reach.
+
+Under FSDP2 with blocks (``fully_shard`` on submodules), a block's backward also gathers and
+reduces its parameters, from hooks on the block's outputs, and every rank must do so in the same
+turn: a block whose outputs the objective does not reach gets its zero through those outputs
+(recorded in this step, see ``fsdp2``), not straight into its parameters, so its backward runs
+in its turn as on the ranks that have its terms. The graph is walked once per key set and set of
+blocks that ran.
 
 This assumes that a key set always reaches the same parameters. A model whose *data* decides
 which parameters run (mixture-of-experts routing) still needs ``find_unused_parameters=True``.
