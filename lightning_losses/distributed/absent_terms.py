@@ -11,9 +11,9 @@ gradient through one extra autograd node, so every rank hands its reducer the sa
 the averaged gradient is what ``find_unused_parameters=True`` would compute. Which parameters the
 objective reaches is read from its autograd graph once per key set (the graph walk of
 ``gradients.graph``) and cached: a step whose key set is known costs one dictionary lookup, plus
-the node and its zero tensors when something is missing. Nothing is known in advance about the terms, so the
-first step works like any other: a term never seen on this rank is simply a parameter set this
-rank's objective does not reach.
+the node and its zero tensors when something is missing. Nothing is known in advance about the
+terms, so the first step works like any other: a term never seen on this rank is simply a
+parameter set this rank's objective does not reach.
 
 Under FSDP2 with blocks (``fully_shard`` on submodules), a block's backward also gathers and
 reduces its parameters, from hooks on the block's outputs, and every rank must do so in the same
