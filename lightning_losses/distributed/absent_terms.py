@@ -80,10 +80,10 @@ class AbsentTerms:
             self._trainer = trainer
             self._distributed = trainer is not None and trainer.world_size > 1
             self._unreached.clear()
+        if not self._distributed or not objective.requires_grad:
+            return objective  # (what blocks returned is forgotten at the next forward)
         steps = fsdp2.steps_of(module)
         records = steps.take() if steps is not None else []
-        if not self._distributed or not objective.requires_grad:
-            return objective
         key = (names, *[id(block) for block, _ in records])
         unreached = self._unreached.get(key)
         if unreached is None:
