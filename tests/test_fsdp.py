@@ -44,6 +44,9 @@ RECIPES = ["fsdp2-blocks", "fsdp2-kept"]
 #: "joint" routes overlap (t1 reaches the trunk, which is t0's): a backward per route.
 ROUTED = ["three", "three+optional", "three+none", "joint+optional", "joint+none"]
 BLOCKS = ["one", "optional", "none", "uw", "joint", "frequency", "sequential", *ROUTED]
+#: Gradient diagnostics (a backward per term before the step's) with a term absent on a rank,
+#: or None from one, where FSDP2 allows them (the root, or blocks kept unsharded).
+DIAGNOSED = ["diagnostics+optional", "diagnostics+none"]
 #: Resumed runs (the three routes above, and turns), under DDP and every FSDP2 recipe.
 RESUMED = ["ddp", "fsdp2", *RECIPES]
 #: FSDP2 only, with the trunk sharded as a group of its own (resharded after its forward).
@@ -58,6 +61,7 @@ def runs(tmp_path_factory) -> dict[str, list[dict]]:
     jobs += [f"{s}:ddp" for s in ROUTED]
     jobs += [f"{s}:{recipe}" for s in BLOCKS for recipe in RECIPES]
     jobs += [f"{s}:{strategy}" for s in ("resume_three", "resume_turns") for strategy in RESUMED]
+    jobs += [f"{s}:{strategy}" for s in DIAGNOSED for strategy in ("ddp", "fsdp2", "fsdp2-kept")]
     jobs += ["joint+late:fsdp2-kept", "joint+late:ddp"]
     jobs += [f"{s}:fsdp2" for s in NESTED]  # last: these raise
     jobs += ["joint+late:fsdp2-blocks"]
@@ -220,6 +224,15 @@ def test_gradient_diagnostics_under_fsdp2_are_logged_as_under_ddp(runs):
         "grad_norm/t0",
         "grad_norm/t1",
     ]
+
+
+@pytest.mark.parametrize("recipe", ["fsdp2", "fsdp2-kept"])
+@pytest.mark.parametrize("scenario", DIAGNOSED)
+def test_gradient_diagnostics_with_terms_absent_on_a_rank_equal_ddp(runs, scenario, recipe):
+    # each rank differentiates its own terms: the passes must issue no collective under FSDP2
+    ddp, fsdp2 = finished(runs[f"{scenario}-ddp"]), finished(runs[f"{scenario}-{recipe}"])
+    assert_trains_and_logs_alike(ddp, fsdp2)
+    assert any(k.startswith("grad_norm/") for _, row in fsdp2[0]["logged"] for k in row)
 
 
 def route_replay(kind: str, optional: bool = False, none: bool = False) -> list[float]:

@@ -103,6 +103,17 @@ def held(module: nn.Module) -> Iterator[None]:
             group.reshard_after_backward = value
 
 
+@contextmanager
+def passes() -> Iterator[None]:
+    """:func:`held` for every module of a running FSDP2 fit on this process: what
+    ``autograd.grad`` passes taken before the backward (gradient diagnostics, ``aggregator=``)
+    run under, so that they issue no collective. Nothing without such a fit."""
+    with contextlib.ExitStack() as stack:
+        for module in list(_STEPS):
+            stack.enter_context(held(module))
+        yield
+
+
 def output_tensors(output: Any) -> list[Tensor]:
     """The tensors of a forward's output that carry a gradient (nested tuples, lists, dicts)."""
     if isinstance(output, Tensor):
