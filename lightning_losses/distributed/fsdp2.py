@@ -79,6 +79,18 @@ def unsharded_parameters(module: nn.Module) -> dict[int, Tensor]:
     return found
 
 
+def reshards_after_forward(module: nn.Module) -> bool:
+    """Whether some FSDP2 group of ``module`` frees its parameters after its forward: read from
+    how it was sharded, the same on every rank whatever this step ran (a group's
+    ``post_forward_mesh_info`` is what FSDP2 reshards to after forward, ``None`` if it keeps
+    them)."""
+    return any(
+        getattr(group, "post_forward_mesh_info", None) is not None
+        for fsdp_module in fsdp2_modules(module)
+        for group in _groups(fsdp_module)
+    )
+
+
 def gather(module: nn.Module) -> None:
     """Every FSDP2 group of ``module`` unsharded, in reverse module order (the order a backward
     reaches them in): one all-gather per group that its forward resharded, none for the others.
@@ -181,8 +193,7 @@ class BlockSteps:
         """
         if self.gathering is None:
             module = self.module
-            resharded = any(is_dtensor(p) for p in module.parameters())
-            if self.alternating or not resharded:
+            if self.alternating or not reshards_after_forward(module):
                 self.gathering = True
             else:
                 vote = torch.tensor([int(needs_passes)], device=_device(module))
