@@ -54,8 +54,8 @@ def test_nothing_is_added_when_the_objective_reaches_every_parameter():
 
 def test_the_graph_is_walked_once_per_key_set(monkeypatch):
     walks = []
-    walk = absent_terms.reached_parameters
-    monkeypatch.setattr(absent_terms, "reached_parameters", lambda t: walks.append(1) or walk(t))
+    walk = absent_terms.reach
+    monkeypatch.setattr(absent_terms, "reach", lambda *t: walks.append(1) or walk(*t))
     module, tracker = heads(), AbsentTerms(distributed=True)
     for _ in range(3):
         tracker.cover(module, ("a",), only_a(module)).backward()

@@ -175,6 +175,63 @@ def test_distributed_checkpoint_state_dict_round_trips():
             )
 
 
+def test_distributed_checkpoint_of_routes_with_a_state_less_optimizer_round_trips():
+    # torch.distributed.checkpoint loads optimizer state strictly as soon as any parameter has
+    # some (Adam's here), and then needs an entry for every trainable parameter: plain SGD
+    # keeps none for its own
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    def make():
+        model = MultiTask()
+        model.depth.requires_grad_(False)
+        opt = routed(
+            model,
+            seg=torch.optim.SGD(model.seg.parameters(), lr=0.1),
+            loss=torch.optim.Adam(model.trunk.parameters(), lr=0.1),
+        )
+        return model, opt
+
+    model, opt = make()
+    set_grads(model)
+    opt.step()
+    saved = get_optimizer_state_dict(model, opt)
+    other_model, other = make()
+    set_optimizer_state_dict(other_model, other, copy.deepcopy(saved))
+    assert saved["state"]["seg.weight"] == {}
+    trunk = other.optimizers[("loss",)]
+    torch.testing.assert_close(
+        trunk.state[other_model.trunk.weight]["exp_avg"], saved["state"]["trunk.weight"]["exp_avg"]
+    )
+    assert trunk.state[other_model.trunk.weight]["step"] == 1
+
+
+def test_writing_a_state_dict_leaves_a_route_that_has_not_stepped_as_it_was():
+    # a distributed checkpoint needs the state an Adam route's first step creates, also before
+    # that step: it is written with the state dict, and the route keeps none
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    model = MultiTask()
+    model.depth.requires_grad_(False)
+    opt = routed(
+        model,
+        seg=torch.optim.SGD(model.seg.parameters(), lr=0.1),
+        loss=torch.optim.Adam(model.trunk.parameters(), lr=0.1),
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.optimizers[("seg",)].step()  # (no gradients: nothing moves)
+    saved = get_optimizer_state_dict(model, opt)
+    trunk = opt.optimizers[("loss",)]
+    assert opt.steps_taken == {("seg",): 0, ("loss",): 0} and len(trunk.state) == 0
+    assert saved["state"]["trunk.weight"]["exp_avg"].abs().sum() == 0
+    assert saved["state"]["seg.weight"] == {}
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert trunk.param_groups[0]["lr"] == 0.1
+
+
 class Finetuned(MultiTask):
     """MultiTask behind a frozen-then-unfrozen backbone."""
 

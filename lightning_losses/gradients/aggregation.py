@@ -27,14 +27,24 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from lightning_losses.distributed import fsdp2
+
 Aggregator = Callable[[Tensor], Tensor]
 
 
 def jacobian(losses: Sequence[Tensor], params: Sequence[Tensor]) -> Tensor:
-    """``[K, P]``: row ``k`` is ``grad losses[k]`` over ``params``, flattened (zeros if unused)."""
+    """``[K, P]``: row ``k`` is ``grad losses[k]`` over ``params``, flattened (zeros if unused).
+
+    Under FSDP2 the passes keep the groups unsharded (``fsdp2.passes``): they then issue no
+    collective, and a rank with fewer terms (or none) takes fewer passes without leaving the
+    others waiting."""
     rows = []
-    for loss in losses:
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    with fsdp2.passes():
+        grads_per_loss = [
+            torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            for loss in losses
+        ]
+    for grads in grads_per_loss:
         rows.append(
             torch.cat(
                 [

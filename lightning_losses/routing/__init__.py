@@ -28,12 +28,17 @@ get zero gradients (so DDP, without ``find_unused_parameters``, hears from every
 
 The package: ``route`` (a route's name, the shared vocabulary), ``config`` (what a route map
 says, checked and turned into one Lightning optimizer config), ``optimizer`` (the
-``RoutedOptimizer`` with the torch optimizer contract, the route schedulers, the per-route views
-that ``LearningRateMonitor`` reads), ``router`` (which backward gives each parameter its route's
-gradient, also under ``torch.compile``). Imports run one way: route <- optimizer <- config,
-optimizer <- router.
+``RoutedOptimizer`` with the torch optimizer contract, its stepping), ``groups`` (which route a
+parameter group belongs to), ``views`` (its per-parameter state and per-route views, what
+``LearningRateMonitor`` reads), ``state_dict`` (its state dict's shape, split per route on
+load), ``schedulers`` (a route's scheduler follows its own route's steps), ``compiling`` (the
+forward's context under ``torch.compile``), ``router`` (which backward gives each parameter its
+route's gradient, also under ``torch.compile`` and FSDP2) and ``session`` (one fit's routing
+state). Imports run one way: route <- groups, views, state_dict, compiling <- optimizer <-
+schedulers <- config; optimizer <- router <- session.
 """
 
+from lightning_losses.gradients.graph import reached_parameters
 from lightning_losses.routing.config import (
     ROUTE_KEYS,
     RouteConfig,
@@ -44,7 +49,7 @@ from lightning_losses.routing.config import (
 )
 from lightning_losses.routing.optimizer import RoutedOptimizer, routed_optimizer
 from lightning_losses.routing.route import EVERY_ROUTE, Route, route_name
-from lightning_losses.routing.router import Router, reached_parameters
+from lightning_losses.routing.router import Router
 
 __all__ = [
     "EVERY_ROUTE",

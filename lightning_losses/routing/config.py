@@ -16,13 +16,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lightning_losses import _lightning
-from lightning_losses.routing.optimizer import (
-    RoutedOptimizer,
-    _RoutePlateau,
-    _RouteScheduler,
-    route_parts,
-)
+from lightning_losses.routing.optimizer import RoutedOptimizer
 from lightning_losses.routing.route import Route, route_name
+from lightning_losses.routing.schedulers import RoutePlateau, RouteScheduler, route_parts
 from lightning_losses.terms.values import TOTAL, describe
 
 
@@ -122,7 +118,7 @@ def parse_route_map(
         if entry.get("name") is None:
             entry["name"] = f"lr-{route_name(route)}"
         inner = entry["scheduler"]
-        proxy = _RoutePlateau if isinstance(inner, ReduceLROnPlateau) else _RouteScheduler
+        proxy = RoutePlateau if isinstance(inner, ReduceLROnPlateau) else RouteScheduler
         entry["scheduler"] = proxy(inner, composite, route)
         configs.append(entry)
     trainer = _lightning.trainer_or_none(module)

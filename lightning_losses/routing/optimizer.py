@@ -1,4 +1,4 @@
-"""One optimizer to Lightning, a dict of route optimizers underneath, and the routes' schedulers.
+"""One optimizer to Lightning, a dict of route optimizers underneath.
 
 Lightning only allows several optimizers through manual optimization, which refuses gradient
 clipping and accumulation and counts every optimizer's step in ``global_step``. Instead, the route
@@ -8,115 +8,33 @@ optimizers are presented to Lightning as one :class:`RoutedOptimizer`. It keeps 
 ``state``, ``defaults``, step and state-dict hooks, a ``state_dict`` shaped like any optimizer's),
 so progressive unfreezing, LR finders and distributed checkpointing see an ordinary optimizer.
 Alternating routes (``"frequency"``) and ``route_mode="sequential"`` are carried out in its
-``step``; a route's scheduler follows only its own optimizer's steps.
+``step``. What reads it per route or per parameter is in :mod:`views`, its state dict's shape in
+:mod:`state_dict`, the routes' schedulers in :mod:`schedulers`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping
+from itertools import chain, repeat
+from operator import attrgetter, is_, itemgetter
 from typing import Any
 
-import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from lightning_losses.routing.compiling import NOTHING, CompileContext
+from lightning_losses.routing.groups import (
+    composite_defaults,
+    default_route,
+    group_params,
+    named_route,
+)
 from lightning_losses.routing.route import Route, route_name
-from lightning_losses.terms.values import TOTAL
-
-
-class RouteStates(MutableMapping[Tensor, Any]):
-    """``RoutedOptimizer.state``: every route optimizer's per-parameter state as one mapping.
-
-    A live view, not a copy: a route optimizer replaces its ``state`` dict when it loads a state
-    dict, and whoever reads the composite's (DCP's ``_init_optim_state``, Lightning moving state
-    to a device) must see the current one. Writing a parameter's state writes its route's.
-    """
-
-    def __init__(self, composite: RoutedOptimizer) -> None:
-        self._composite = composite
-
-    def _states(self) -> Iterator[MutableMapping[Any, Any]]:
-        return (opt.state for opt in self._composite.optimizers.values())
-
-    def __getitem__(self, param: Any) -> Any:
-        for state in self._states():
-            if param in state:
-                return state[param]
-        raise KeyError(param)
-
-    def __setitem__(self, param: Any, value: Any) -> None:
-        route = self._composite.owner(param)
-        if route is None:
-            raise KeyError(
-                f"a tensor of shape {tuple(getattr(param, 'shape', ()))} is in no route "
-                "optimizer; expected a parameter of one of them"
-            )
-        self._composite.optimizers[route].state[param] = value
-
-    def __delitem__(self, param: Any) -> None:
-        for state in self._states():
-            if param in state:
-                del state[param]
-                return
-        raise KeyError(param)
-
-    def __iter__(self) -> Iterator[Any]:
-        for state in self._states():
-            yield from state
-
-    def __len__(self) -> int:
-        return sum(len(state) for state in self._states())
-
-    def __repr__(self) -> str:
-        return f"RouteStates({len(self)} parameters)"
-
-
-class RouteView:
-    """One route of a :class:`RoutedOptimizer`, seen as an optimizer of its own.
-
-    What a route's scheduler presents as its ``optimizer``: whoever reads optimizers by their
-    groups (Lightning's ``LearningRateMonitor``: learning rate, ``betas``/``momentum`` found
-    through ``defaults``) then reads that route's groups only. It compares equal to its
-    ``RoutedOptimizer``, of which it is a part: Lightning accepts a scheduler only if its
-    ``optimizer`` is one that ``configure_optimizers`` returned.
-    """
-
-    def __init__(self, composite: RoutedOptimizer, route: Route) -> None:
-        self.composite, self.route = composite, route
-
-    @property
-    def name(self) -> str:
-        return route_name(self.route)
-
-    @property
-    def route_optimizer(self) -> Optimizer:
-        """The route's own optimizer."""
-        return self.composite.optimizers[self.route]
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.route_optimizer.param_groups
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return self.route_optimizer.defaults
-
-    @property
-    def state(self) -> Any:
-        return self.route_optimizer.state
-
-    def __eq__(self, other: object) -> bool:
-        return other is self or other is self.composite
-
-    def __hash__(self) -> int:
-        return id(self)
-
-    def __repr__(self) -> str:
-        return f"RouteView({self.name!r}: {type(self.route_optimizer).__name__})"
+from lightning_losses.routing.state_dict import initialized, pack, unpack
+from lightning_losses.routing.views import RouteStates, RouteView
 
 
 def _run_step_hooks(step: Callable[..., Any]) -> Callable[..., Any]:
@@ -126,18 +44,20 @@ def _run_step_hooks(step: Callable[..., Any]) -> Callable[..., Any]:
     them: in each route optimizer's own ``step``."""
 
     def wrapper(self: RoutedOptimizer, *args: Any, **kwargs: Any) -> Any:
-        for pre_hook in list(self._optimizer_step_pre_hooks.values()):
-            result = pre_hook(self, args, kwargs)
-            if result is not None:
-                if not (isinstance(result, tuple) and len(result) == 2):
-                    raise RuntimeError(
-                        f"an optimizer step pre-hook returned {result!r}; expected None or a "
-                        "tuple (new_args, new_kwargs)"
-                    )
-                args, kwargs = result
+        if self._optimizer_step_pre_hooks:  # (usually none: no list to build every step)
+            for pre_hook in list(self._optimizer_step_pre_hooks.values()):
+                result = pre_hook(self, args, kwargs)
+                if result is not None:
+                    if not (isinstance(result, tuple) and len(result) == 2):
+                        raise RuntimeError(
+                            f"an optimizer step pre-hook returned {result!r}; expected None "
+                            "or a tuple (new_args, new_kwargs)"
+                        )
+                    args, kwargs = result
         out = step(self, *args, **kwargs)
-        for post_hook in list(self._optimizer_step_post_hooks.values()):
-            post_hook(self, args, kwargs)
+        if self._optimizer_step_post_hooks:
+            for post_hook in list(self._optimizer_step_post_hooks.values()):
+                post_hook(self, args, kwargs)
         return out
 
     wrapper.__doc__, wrapper.__name__ = step.__doc__, step.__name__
@@ -200,7 +120,7 @@ class RoutedOptimizer(Optimizer):
         self._sizes = self._route_sizes()
         self._state = RouteStates(self)
         self.views = {route: RouteView(self, route) for route in self.optimizers}
-        self.defaults: dict[str, Any] = self._composite_defaults()
+        self.defaults: dict[str, Any] = composite_defaults(self.optimizers)
         self._optimizer_step_pre_hooks: OrderedDict[int, Any] = OrderedDict()
         self._optimizer_step_post_hooks: OrderedDict[int, Any] = OrderedDict()
         self._optimizer_state_dict_pre_hooks = OrderedDict()
@@ -222,11 +142,13 @@ class RoutedOptimizer(Optimizer):
         its parameters now, else by the rule of ``add_param_group``."""
         per_route: dict[Route, list[dict[str, Any]]] = {route: [] for route in self.optimizers}
         order: list[tuple[Route, int]] = []
-        owners = {id(p): r for r, o in self.optimizers.items() for p in _params(o.param_groups)}
+        owners = {
+            id(p): r for r, o in self.optimizers.items() for p in group_params(o.param_groups)
+        }
         taken: dict[int, Route] = {}
         for group in groups:
             params = list(group["params"])
-            route = self._named_route(group)
+            route = named_route(self.optimizers, group)
             if route is None:
                 found = {owners[id(p)] for p in params if id(p) in owners}
                 if len(found) > 1:
@@ -235,7 +157,7 @@ class RoutedOptimizer(Optimizer):
                         f"{sorted(map(route_name, found))}; expected each group within one route "
                         "(or a 'route' key saying which)"
                     )
-                route = found.pop() if found else self._default_route(params)
+                route = found.pop() if found else default_route(self.optimizers, params, self._name)
             for param in params:
                 other = taken.setdefault(id(param), route)
                 if other != route:
@@ -294,9 +216,9 @@ class RoutedOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         params = param_group["params"]
         param_group["params"] = [params] if isinstance(params, Tensor) else list(params)
-        route = self._named_route(param_group)
+        route = named_route(self.optimizers, param_group)
         if route is None:
-            route = self._default_route(param_group["params"])
+            route = default_route(self.optimizers, param_group["params"], self._name)
         for param in param_group["params"]:
             other = self.owner(param)
             if other is not None and other != route:
@@ -314,37 +236,9 @@ class RoutedOptimizer(Optimizer):
     def owner(self, param: Any) -> Route | None:
         """The route whose optimizer holds ``param`` (``None``: none does)."""
         for route, opt in self.optimizers.items():
-            if any(p is param for p in _params(opt.param_groups)):
+            if any(p is param for p in group_params(opt.param_groups)):
                 return route
         return None
-
-    def _named_route(self, group: Mapping[str, Any]) -> Route | None:
-        if "route" not in group:
-            return None
-        name = group["route"]
-        key = tuple(name) if isinstance(name, (tuple, list)) else (name,)
-        if key in self.optimizers:
-            return key
-        for route in self.optimizers:
-            if route_name(route) == name:
-                return route
-        raise ValueError(
-            f"parameter group has route {name!r}; expected one of "
-            f"{[route_name(r) for r in self.optimizers]}"
-        )
-
-    def _default_route(self, params: Iterable[Any]) -> Route:
-        if (TOTAL,) in self.optimizers:
-            return (TOTAL,)
-        if len(self.optimizers) == 1:
-            return next(iter(self.optimizers))
-        params = list(params)
-        shown = ", ".join(self._name(p) for p in params[:4]) + (" ..." if len(params) > 4 else "")
-        raise ValueError(
-            f"a new parameter group ({shown}) has no 'route' key and the routes "
-            f"{[route_name(r) for r in self.optimizers]} have no {TOTAL!r} route to take it; "
-            f"expected 'route': one of those names in the group, or a {TOTAL!r} route"
-        )
 
     def _name(self, param: Any) -> str:
         name = self._names.get(id(param))
@@ -354,21 +248,11 @@ class RoutedOptimizer(Optimizer):
         return [self.optimizers[r].param_groups[i] for r, i in self._order]
 
     def _route_sizes(self) -> tuple[int, ...]:
-        return tuple([len(opt.param_groups) for opt in self.optimizers.values()])
+        return tuple(map(len, map(_GROUPS, self.optimizers.values())))
 
     def _changed(self) -> None:
         self._sizes = self._route_sizes()
         self.version += 1
-
-    def _composite_defaults(self) -> dict[str, Any]:
-        """What a group without ``"route"`` is filled with: its route's defaults; with no such
-        route, the defaults every route optimizer agrees on."""
-        try:
-            return self.optimizers[self._default_route(())].defaults
-        except ValueError:
-            pass
-        first, *others = (opt.defaults for opt in self.optimizers.values())
-        return {k: v for k, v in first.items() if all(k in o and _same(o[k], v) for o in others)}
 
     # ------------------------------------------------------------------ stepping
 
@@ -425,13 +309,15 @@ class RoutedOptimizer(Optimizer):
         micro-batches before the last under gradient accumulation) needs it too."""
         eager, self.eager_forward = self.eager_forward, False
         if not eager and not self.several_backwards:
-            return _NOTHING
-        return _CompileContext(eager, self.several_backwards)
+            return NOTHING
+        return CompileContext(eager, self.several_backwards)
 
     def _step_route(self, route: Route) -> None:
         optimizer = self.optimizers[route]
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
-        if grads.count(None) == len(grads):
+        # identity checks at C speed, stopping at the first gradient (list.count(None) would
+        # compare every gradient with None through Tensor.__eq__: ~40 us a route)
+        grads = map(_GRAD, chain.from_iterable(map(_PARAMS, optimizer.param_groups)))
+        if all(map(is_, grads, repeat(None))):
             return  # no term of the route reached its parameters (in any micro-batch)
         optimizer.step()
         self.steps_taken[route] += 1
@@ -443,22 +329,14 @@ class RoutedOptimizer(Optimizer):
     # ------------------------------------------------------------------ state dicts
 
     def state_dict(self) -> dict[str, Any]:
-        """Shaped like any optimizer's: ``{"state": {index: ...}, "param_groups": [...]}`` over
-        ``param_groups`` in order (what ``torch.distributed.checkpoint`` maps to parameter
-        names), each group carrying the name of its ``"route"``."""
+        """Shaped like any optimizer's, each group carrying its ``"route"``; a route that has
+        not stepped yet holds, in it, the state its first step would create (see
+        :mod:`~lightning_losses.routing.state_dict`)."""
         for pre_hook in list(self._optimizer_state_dict_pre_hooks.values()):
             pre_hook(self)
-        index: dict[int, int] = {}
-        packed_groups = []
-        for (route, _), group in zip(self._order, self.param_groups):
-            packed = {k: v for k, v in group.items() if k != "params"}
-            packed["route"] = route_name(route)
-            packed["params"] = [index.setdefault(id(p), len(index)) for p in group["params"]]
-            packed_groups.append(packed)
-        packed_state = {
-            (index[id(k)] if isinstance(k, Tensor) else k): v for k, v in self.state.items()
-        }
-        state_dict: dict[str, Any] = {"state": packed_state, "param_groups": packed_groups}
+        unstarted = [route for route, opt in self.optimizers.items() if not opt.state]
+        with initialized([self.optimizers[route] for route in unstarted]):
+            state_dict = pack(self._order, self.param_groups, self.state)
         for post_hook in list(self._optimizer_state_dict_post_hooks.values()):
             result = post_hook(self, state_dict)
             if result is not None:
@@ -473,54 +351,12 @@ class RoutedOptimizer(Optimizer):
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        expected = [route_name(r) for r in self.optimizers]
-        if "param_groups" in state_dict:
-            groups = state_dict["param_groups"]
-            if not all(isinstance(g, Mapping) and "route" in g for g in groups):
-                raise ValueError(
-                    "cannot load optimizer state saved for the state of one optimizer into "
-                    f"per-key optimizers with routes {expected}; expected a checkpoint saved with "
-                    "the same routes"
-                )
-            per_route = self._split(state_dict, expected)
-        elif set(state_dict) == set(expected):  # written before 0.3
-            per_route = {route: state_dict[route_name(route)] for route in self.optimizers}
-        else:
-            raise ValueError(
-                f"cannot load optimizer state saved for routes {sorted(state_dict)} into per-key "
-                f"optimizers with routes {expected}; expected a checkpoint saved with the same "
-                "routes"
-            )
+        per_route = unpack(state_dict, self.optimizers)
         for route, opt in self.optimizers.items():
             opt.load_state_dict(per_route[route])
         self._groups[:] = self._expected_groups()  # load_state_dict replaces the group dicts
         for post_hook in list(self._optimizer_load_state_dict_post_hooks.values()):
             post_hook(self)
-
-    def _split(self, state_dict: Mapping[str, Any], expected: list[str]) -> dict[Route, Any]:
-        """One route optimizer's state dict per route, from the composite's."""
-        saved = [g["route"] for g in state_dict["param_groups"]]
-        if sorted(set(saved)) != sorted(expected):
-            raise ValueError(
-                f"cannot load optimizer state saved for routes {sorted(set(saved))} into per-key "
-                f"optimizers with routes {expected}; expected a checkpoint saved with the same "
-                "routes"
-            )
-        state = state_dict["state"]
-        per_route: dict[Route, Any] = {}
-        for route in self.optimizers:
-            name = route_name(route)
-            groups = [
-                {k: v for k, v in g.items() if k != "route"}
-                for g in state_dict["param_groups"]
-                if g["route"] == name
-            ]
-            keys = [k for g in groups for k in g["params"]]
-            per_route[route] = {
-                "state": {k: state[k] for k in keys if k in state},
-                "param_groups": groups,
-            }
-        return per_route
 
     def __repr__(self) -> str:
         inner = ", ".join(
@@ -535,70 +371,6 @@ class RoutedOptimizer(Optimizer):
         self.__dict__.update(state)
 
 
-def _params(groups: Iterable[Mapping[str, Any]]) -> Iterator[Any]:
-    for group in groups:
-        yield from group["params"]
-
-
-def _same(a: Any, b: Any) -> bool:
-    try:
-        return bool(a == b)
-    except (RuntimeError, TypeError, ValueError):  # tensors of several elements
-        return a is b
-
-
-class _RouteScheduler(LRScheduler):
-    """A route optimizer's scheduler, presented as attached to the RoutedOptimizer.
-
-    Lightning refuses schedulers whose ``optimizer`` it did not get from ``configure_optimizers``;
-    this proxy carries the route's :class:`RouteView` (equal to the composite) as ``optimizer``,
-    so that what reads a scheduler's optimizer (``LearningRateMonitor``) reads its route alone,
-    and delegates everything else.
-    """
-
-    def __init__(
-        self, scheduler: Any, composite: RoutedOptimizer, route: Route
-    ) -> None:  # no super().__init__
-        self.scheduler, self.route, self.composite = scheduler, route, composite
-        self.optimizer: Any = composite.views[route]
-        self._seen_steps = 0
-
-    def step(self, *args: Any, **kwargs: Any) -> None:
-        # Lightning steps every scheduler at its interval; a route's scheduler follows only its
-        # own optimizer: it steps when that optimizer has stepped since its last step (each
-        # optimizer step with interval="step", each epoch in which the route stepped with
-        # interval="epoch").
-        taken = self.composite.steps_taken[self.route]
-        if taken == self._seen_steps:
-            return
-        self._seen_steps = taken
-        self.scheduler.step(*args, **kwargs)
-
-    def get_last_lr(self) -> list[float | Tensor]:
-        return self.scheduler.get_last_lr()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**self.scheduler.state_dict(), "_route_steps_seen": self._seen_steps}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = dict(state_dict)
-        self._seen_steps = int(state.pop("_route_steps_seen", 0))
-        self.scheduler.load_state_dict(state)
-
-
-class _RoutePlateau(ReduceLROnPlateau):
-    """``ReduceLROnPlateau`` behind the same proxy (Lightning passes it the monitored value)."""
-
-    __init__ = _RouteScheduler.__init__
-    step = _RouteScheduler.step
-    state_dict = _RouteScheduler.state_dict
-    load_state_dict = _RouteScheduler.load_state_dict
-    scheduler: Any
-
-    def get_last_lr(self) -> list[float | Tensor]:
-        return [group["lr"] for group in self.scheduler.optimizer.param_groups]
-
-
 def routed_optimizer(optimizers: Iterable[Any]) -> RoutedOptimizer | None:
     for optimizer in optimizers:
         # Lightning hands hooks its LightningOptimizer wrapper; .optimizer is the one inside
@@ -608,43 +380,6 @@ def routed_optimizer(optimizers: Iterable[Any]) -> RoutedOptimizer | None:
     return None
 
 
-_NOTHING = contextlib.nullcontext()
-
-
-class _CompileContext:
-    """``force_eager`` (``torch.compiler.set_stance``, torch 2.6+) and/or no donated buffers
-    for one forward. The config is set and restored directly: ``config.patch`` costs ~70 us a
-    step, set and restore ~10 us, paid only by routes that need several backwards."""
-
-    def __init__(self, eager: bool, keep_buffers: bool) -> None:
-        self.eager, self.keep_buffers = eager, keep_buffers
-        self._stance: Any = None
-        self._config: Any = None
-        self._donated: Any = None
-
-    def __enter__(self) -> None:
-        set_stance = getattr(torch.compiler, "set_stance", None)
-        if self.eager and set_stance is not None:
-            self._stance = set_stance("force_eager")  # set on construction, undone on exit
-        if self.keep_buffers:
-            # torch's own remedy, named in its error: a compiled backward that donated its
-            # buffers cannot run a second time (autograd.grad with retain_graph=True)
-            config = getattr(getattr(torch, "_functorch", None), "config", None)
-            if config is not None and getattr(config, "donated_buffer", False):
-                self._config, self._donated = config, config.donated_buffer
-                config.donated_buffer = False
-
-    def __exit__(self, *exc: object) -> None:
-        if self._config is not None:
-            self._config.donated_buffer = self._donated
-        if self._stance is not None:
-            self._stance.__exit__(None, None, None)
-
-
-def route_parts(optimizer: Any) -> list[tuple[str, RouteView]] | None:
-    """A RoutedOptimizer's routes as ``("lr-<route>", view)`` (what LearningRateMonitor logs per
-    route); ``None`` for any other optimizer."""
-    composite = routed_optimizer([optimizer])
-    if composite is None:
-        return None
-    return [(f"lr-{view.name}", view) for view in composite.views.values()]
+_GRAD = attrgetter("grad")
+_PARAMS = itemgetter("params")
+_GROUPS = attrgetter("param_groups")

@@ -19,48 +19,13 @@ from torch import Tensor
 
 from lightning_losses import _warnings
 from lightning_losses.cache import BoundedCache
+from lightning_losses.distributed.fsdp2 import BlockSteps
+from lightning_losses.gradients.graph import walk
 from lightning_losses.routing.optimizer import RoutedOptimizer
 from lightning_losses.routing.route import Route, route_name
 from lightning_losses.terms.patterns import closest
 from lightning_losses.terms.values import TOTAL
 
-
-def reached_parameters(output: Tensor) -> set[int]:
-    """Ids of the leaf tensors ``output``'s autograd graph reaches (walked once per key set).
-
-    Through a ``torch.compile``'d region the walk sees one node whose inputs are every tensor
-    the region used, so the answer is then a superset (see :func:`walk`)."""
-    return walk(output)[0]
-
-
-def walk(output: Tensor) -> tuple[set[int], bool]:
-    """``reached_parameters`` and whether the walk crossed a compiled region.
-
-    A compiled region's backward is one autograd node (``CompiledFunctionBackward``) listing
-    every input of the region; which output reaches which input is not in the graph. Crossing
-    one makes the leaves found an over-approximation: "reaches nothing of X" stays exact,
-    "reaches X" may not be.
-    """
-    seen: set[Any] = set()
-    leaves: set[int] = set()
-    opaque = False
-    stack: list[Any] = [output.grad_fn] if output.grad_fn is not None else []
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)  # AccumulateGrad: a leaf
-        if variable is not None:
-            leaves.add(id(variable))
-        elif type(node).__name__ == _COMPILED_NODE:
-            opaque = True
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return leaves, opaque
-
-
-#: The class name autograd gives the backward node of an AOTAutograd-compiled region.
-_COMPILED_NODE = "CompiledFunctionBackward"
 #: Steps run eagerly to decide one key set whose graph was compiled, before settling for the
 #: conservative verdict (a key set that never comes back in an eager step).
 _EAGER_LOOKS = 2
@@ -106,8 +71,11 @@ class Router:
         self,
         optimizer: RoutedOptimizer,
         leaves: Callable[[list[Tensor]], list[Tensor]] | None = None,
+        blocks: BlockSteps | None = None,
     ) -> None:
         self.optimizer = optimizer
+        #: FSDP2 on several processes: what every rank does around a routed step's backward.
+        self.blocks = blocks
         self.routes = list(optimizer.optimizers)
         # FSDP: the optimizers hold sharded parameters, the step's graph other tensors under the
         # same names, which exist from the first forward on (sharding.leaf_resolver)
@@ -123,6 +91,8 @@ class Router:
         #: ... and as the step's graph holds them (the same tensors without FSDP).
         self.params: dict[Route, list[Tensor]] = {}
         self._fast: BoundedCache[tuple[str, ...], bool] = BoundedCache()
+        #: Per key set that needs the surrogate: a term and a route whose parameters it reaches.
+        self._crossings: BoundedCache[tuple[str, ...], tuple[str, Route]] = BoundedCache()
         self._looks: BoundedCache[tuple[str, ...], int] = BoundedCache()
         self._refresh()
         self.matched: set[Route] = set()
@@ -137,20 +107,15 @@ class Router:
 
     def one_backward_suffices(self, terms: tuple[str, ...], losses: list[Tensor]) -> bool:
         """Whether the plain backward of the total gives every parameter its route's gradient:
-        no term outside a route reaches that route's parameters. Decided once per key set."""
-        self._refresh()
+        no term outside a route reaches that route's parameters. Decided once per key set
+        (after :meth:`note`, which brings the routes' parameters up to date)."""
         if self.views:  # no leaf to find in the graph: the surrogate, always right
             return False
         verdict = self._fast.get(terms)
         if verdict is None:
             walks = [walk(loss) for loss in losses]
-            verdict = True
-            for route in self.routes:
-                inside = set(self.members(route, terms))
-                owned = {id(p) for p in self.params[route]}
-                if any(walks[i][0] & owned for i in range(len(terms)) if i not in inside):
-                    verdict = False
-                    break
+            crossing = self._crossing(terms, [leaves for leaves, _ in walks])
+            verdict = crossing is None
             looks = self._looks.get(terms) or 0
             if not verdict and looks < _EAGER_LOOKS and any(opaque for _, opaque in walks):
                 # Hidden inside a compiled region: this step takes the per-route path (always
@@ -160,8 +125,44 @@ class Router:
                 return False
             if not verdict:
                 self.optimizer.several_backwards = True
+                self._crossings.put(terms, crossing)  # type: ignore[arg-type]
             self._fast.put(terms, verdict)
         return verdict
+
+    def _crossing(
+        self, terms: tuple[str, ...], reached: list[set[int]]
+    ) -> tuple[str, Route] | None:
+        """A term and another route whose parameters it reaches, if any."""
+        for route in self.routes:
+            inside = set(self.members(route, terms))
+            owned = {id(p) for p in self.params[route]}
+            for i, term in enumerate(terms):
+                if i not in inside and reached[i] & owned:
+                    return term, route
+        return None
+
+    def before_backward(self, passes: bool, terms: tuple[str, ...] = ()) -> None:
+        """Under FSDP2 on several processes, what every rank does before a routed step's
+        backward, whatever this rank's terms: gather every group where this fit's routed steps
+        gather (see ``fsdp2``). ``passes``: this step needs one backward per route, which a fit
+        settled on one backward of the total cannot take (an error that says why)."""
+        blocks = self.blocks
+        if blocks is None:
+            return
+        if blocks.settle(passes):
+            blocks.gather()
+        elif passes:
+            term, route = self._crossings.get(terms) or ("?", ("?",))
+            raise RuntimeError(
+                f"per-key routes {self.route_names()} under FSDP2: at the first training step "
+                "no route's parameters were reached by another route's terms, on any rank, so "
+                "every rank takes one backward of the total and keeps FSDP2's resharding; now "
+                f"term {term!r} reaches parameters of route {route_name(route)!r}, which needs "
+                "one backward per route, and under FSDP2 every rank must have gathered its "
+                "blocks before the backward from the first step on; expected the terms that "
+                "cross routes at the first training step (a term may weigh 0 there), or "
+                "fully_shard(..., reshard_after_forward=False) on the blocks"
+            )
 
     def _refresh(self) -> None:
         """Re-read the routes' parameters after they changed (``add_param_group``)."""
@@ -243,7 +244,39 @@ class Router:
         """A loss whose gradient w.r.t. each parameter of ``routes`` (default: all) is its
         route's gradient; every other parameter gets a zero gradient."""
         self._refresh()
+        self.before_backward(True, terms)
         stepping = self.routes if routes is None else [r for r in self.routes if r in routes]
+        if self.blocks is not None:  # no collective in the passes (see fsdp2.held)
+            with self.blocks.held():
+                params, grads = self._route_gradients(terms, weighted, stepping)
+        else:
+            params, grads = self._route_gradients(terms, weighted, stepping)
+        # Parameters of routes without a term this step (or not stepping now) still join the
+        # backward (with zero gradients), so DDP's reducer hears from every parameter.
+        given = {id(p) for p in params}
+        for route in self.routes:
+            for param in self.params[route]:
+                if id(param) not in given:
+                    params.append(param)
+                    grads.append(None)
+        # A route without a term must not step: an optimizer with momentum or weight decay would
+        # move its parameters on zero gradients. Alone, its parameters get no gradient at all
+        # (so RoutedOptimizer skips the route and its scheduler waits); under DDP every rank
+        # must hear from every parameter, so they get zeros and the route steps on them (whether
+        # another rank had the term is not known without a collective).
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        injected = _InjectGradients.apply(not distributed, grads, *params)
+        if self.sharded:
+            # FSDP unshards and reduces from hooks on forward's outputs, which a backward of the
+            # injected gradients alone never reaches: a zero through the terms makes the backward
+            # Lightning runs one FSDP takes part in (one more backward pass).
+            injected = injected + weighted.sum() * 0
+        return injected
+
+    def _route_gradients(
+        self, terms: tuple[str, ...], weighted: Tensor, stepping: list[Route]
+    ) -> tuple[list[Tensor], list[Tensor | None]]:
+        """Each stepping route's gradient on its parameters: one ``autograd.grad`` per route."""
         params: list[Tensor] = []
         grads: list[Tensor | None] = []
         for index, route in enumerate(stepping):
@@ -274,27 +307,7 @@ class Router:
                     raise
             params += owned
             grads += [None if g is None else g.detach() for g in found]
-        # Parameters of routes without a term this step (or not stepping now) still join the
-        # backward (with zero gradients), so DDP's reducer hears from every parameter.
-        given = {id(p) for p in params}
-        for route in self.routes:
-            for param in self.params[route]:
-                if id(param) not in given:
-                    params.append(param)
-                    grads.append(None)
-        # A route without a term must not step: an optimizer with momentum or weight decay would
-        # move its parameters on zero gradients. Alone, its parameters get no gradient at all
-        # (so RoutedOptimizer skips the route and its scheduler waits); under DDP every rank
-        # must hear from every parameter, so they get zeros and the route steps on them (whether
-        # another rank had the term is not known without a collective).
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        injected = _InjectGradients.apply(not distributed, grads, *params)
-        if self.sharded:
-            # FSDP unshards and reduces from hooks on forward's outputs, which a backward of the
-            # injected gradients alone never reaches: a zero through the terms makes the backward
-            # Lightning runs one FSDP takes part in (one more backward pass).
-            injected = injected + weighted.sum() * 0
-        return injected
+        return params, grads
 
     def owner(self, term: str) -> Route | None:
         """The first route (in the order given) whose loss includes ``term``."""

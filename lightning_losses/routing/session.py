@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_losses import _lightning
-from lightning_losses.distributed import sharding
+from lightning_losses.distributed import fsdp2, sharding
 from lightning_losses.routing.config import is_route_map, parse_route_map
 from lightning_losses.routing.optimizer import RoutedOptimizer, routed_optimizer
 from lightning_losses.routing.route import EVERY_ROUTE, Route, route_name
@@ -43,6 +43,9 @@ class RoutingSession:
     def __init__(self, route_mode: RouteMode) -> None:
         self.set_route_mode(route_mode)
         self.router: Router | None = None
+        #: FSDP2 on several processes: the blocks' outputs per step (see distributed.fsdp2).
+        self.blocks: fsdp2.BlockSteps | None = None
+        self._watched = False
         #: This fit has one optimizer: nothing to route (found at its first batch).
         self.single_optimizer = False
         self._checked_alternation = False
@@ -59,6 +62,7 @@ class RoutingSession:
 
     def begin_fit(self) -> None:
         self.router, self._checked_alternation, self.single_optimizer = None, False, False
+        self.blocks, self._watched = None, False
         self._pending_terms, self._pending_metrics = {}, {}
 
     def end_fit(self) -> None:
@@ -72,7 +76,9 @@ class RoutingSession:
             composite = routed_optimizer(trainer.optimizers)
             if composite is not None:
                 module = trainer.lightning_module
-                self.router = Router(composite, sharding.leaf_resolver(module))
+                self.router = Router(composite, sharding.leaf_resolver(module), self.blocks)
+                if self.blocks is not None:
+                    self.blocks.routed = True
         return self.router
 
     def begin_batch(self, trainer: pl.Trainer, combines_terms: str | None) -> bool:
@@ -81,6 +87,13 @@ class RoutingSession:
         progress bar). ``combines_terms`` names a ``weighting=``/``aggregator=`` in use."""
         if self.single_optimizer:
             return False
+        if not self._watched:
+            # before the fit's first forward: FSDP2's blocks are recorded from it on (a rank
+            # whose objective misses a block covers it through its outputs; see absent_terms)
+            self._watched = True
+            self.blocks = fsdp2.watch(trainer.lightning_module, trainer.world_size > 1)
+            if self.router is not None and self.blocks is not None:  # made by a resume's check
+                self.router.blocks, self.blocks.routed = self.blocks, True
         router = self.router_for_step(trainer)
         if router is None:
             self.single_optimizer = True
@@ -93,9 +106,11 @@ class RoutingSession:
             return False
         composite = router.optimizer
         if self.restored_route_steps:  # a resumed run: what each route's scheduler follows
-            for route in composite.optimizers:
-                name = route_name(route)
-                composite.steps_taken[route] = int(self.restored_route_steps.get(name, 0))
+            for route, optimizer in composite.optimizers.items():
+                steps = int(self.restored_route_steps.get(route_name(route), 0))
+                composite.steps_taken[route] = steps
+                if not steps:  # the state the checkpoint made for it (routing.state_dict)
+                    optimizer.state.clear()
             self.restored_route_steps = None
         composite.sequential = self.route_mode == "sequential"
         composite.current = None
@@ -106,6 +121,8 @@ class RoutingSession:
         if self._checked_alternation:
             return False
         self._checked_alternation = True  # (the routes' kind is fixed for the fit)
+        if router.blocks is not None:
+            router.blocks.alternating = router.alternating
         if not router.alternating:
             return False
         self._check_alternation(trainer, combines_terms)
@@ -189,6 +206,7 @@ class RoutingSession:
             # only the stepping routes' gradients; zeros for every other parameter
             return router.surrogate(names, weighted, router.stepping())
         if router.one_backward_suffices(names, terms):
+            router.before_backward(False)
             return total
         return router.surrogate(names, weighted)
 
@@ -212,6 +230,8 @@ class RoutingSession:
     ) -> None:
         """Each stepping route optimizer clipped on its own parameters, with its own setting
         where its dict gives one."""
+        if gradient_clip_val is None and not composite.clipping:
+            return  # (no loop over the routes when nothing clips)
         stepping = composite.active if composite.current is None else (composite.current,)
         for route in stepping:  # the others hold zero gradients
             inner = composite.optimizers[route]
