@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from lightning_losses.cache import BoundedCache
 from lightning_losses.distributed import fsdp2
 from lightning_losses.distributed.sharding import is_sharded
-from lightning_losses.gradients.graph import reach
+from lightning_losses.graph import reach
 
 
 class _ZeroGradients(torch.autograd.Function):

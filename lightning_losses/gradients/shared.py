@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from lightning_losses.cache import BoundedCache
 from lightning_losses.distributed.sharding import is_sharded, raise_resharded
-from lightning_losses.gradients.graph import reached_parameters
+from lightning_losses.graph import reached_parameters
 from lightning_losses.terms.values import describe
 
 Prefixes = str | Sequence[str] | None

@@ -38,7 +38,7 @@ state). Imports run one way: route <- groups, views, state_dict, compiling <- op
 schedulers <- config; optimizer <- router <- session.
 """
 
-from lightning_losses.gradients.graph import reached_parameters
+from lightning_losses.graph import reached_parameters
 from lightning_losses.routing.config import (
     ROUTE_KEYS,
     RouteConfig,

@@ -20,7 +20,7 @@ from torch import Tensor
 from lightning_losses import _warnings
 from lightning_losses.cache import BoundedCache
 from lightning_losses.distributed.fsdp2 import BlockSteps
-from lightning_losses.gradients.graph import walk
+from lightning_losses.graph import walk
 from lightning_losses.routing.optimizer import RoutedOptimizer
 from lightning_losses.routing.route import Route, route_name
 from lightning_losses.terms.patterns import closest

@@ -128,7 +128,7 @@ def warn_unreached(module: nn.Module, names: tuple[str, ...], objective: Tensor)
     module (everything it depends on is frozen, or it flows only into the inputs) trains
     nothing, silently. Read from the autograd graph (one walk); skipped where the graph's
     leaves are not the module's parameters (FSDP's sharded or flat parameters)."""
-    from lightning_losses.gradients.graph import reached_parameters
+    from lightning_losses.graph import reached_parameters
 
     params = [p for p in module.parameters() if p.requires_grad]
     if not params or any(sharding.is_sharded(p) or not p.is_leaf for p in params):
