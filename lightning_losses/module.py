@@ -1,8 +1,10 @@
-"""``LossDictModule``: the public surface. Its constructor, public methods and a table of hooks
-that delegate to ``session.lifecycle.Lifecycle``, where each decision is made.
+"""``LossDictModule``: the public surface. Its constructor, public methods and option
+attributes; its Lightning hooks are made from one list (``session/hooks.py``) and ask the
+module's ``Core`` (``session/core.py``) or the running ``FitSession`` (``session/fit.py``),
+where each decision is made.
 
-A subclass may override any hook without ``super()``: ``session.hooks`` runs the library's part
-of it anyway, exactly once.
+A subclass may override any hook without ``super()``: the library's part of it runs anyway,
+exactly once.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ class Collected:
         self.metrics: dict[str, Tensor | float] = {}
 
 
-#: The open step's collection (read and set inline by the per-step path of lifecycle.py).
+#: The open step's collection (read and set inline by the per-step path of session/).
 STEP: ContextVar[Collected | None] = ContextVar("lightning_losses_step", default=None)
 _STEP = STEP
 
