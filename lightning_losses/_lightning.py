@@ -55,6 +55,12 @@ def last_batch_labels(trainer: pl.Trainer) -> tuple[int, int]:
     return max(step, 0), max(trainer.current_epoch - 1, 0)
 
 
+def batches_that_stepped(trainer: pl.Trainer) -> int:
+    """The step label Lightning gives the batch being run, until it is counted: at its end, in a
+    validation it triggers and in a checkpoint saved then (Lightning counts it afterwards)."""
+    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+
+
 def as_tensors(values: Mapping[str, float]) -> dict[str, torch.Tensor]:
     """Python numbers as 0-dim float64 tensors (what monitors read from ``callback_metrics``):
     one tensor and its views, where a tensor per name costs a microsecond each."""

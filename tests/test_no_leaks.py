@@ -263,8 +263,10 @@ def test_resuming_from_a_checkpoint_of_an_epochs_last_batch_keeps_epochs_apart(t
     run(first, 1, dirpath=tmp_path / "first")
     (last_batch,) = (tmp_path / "first").glob("*step=4.ckpt")  # saved on the last batch
     run(resumed, 2, ckpt_path=last_batch, dirpath=tmp_path / "resumed")
+    # every row the uninterrupted run wrote after the checkpoint (of step 3, epoch 0's last
+    # batch): epoch 0's own epoch row (its end came after the checkpoint), then epoch 1's
     for name in ("train/a_epoch", "train/loss_epoch", "train/a"):
-        expected = [(step, v) for step, v in whole.series(name) if step >= 4]
+        expected = [(step, v) for step, v in whole.series(name) if step >= 3]
         got = resumed.series(name)
         assert [step for step, _ in got] == [step for step, _ in expected], name
         assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=1e-9), name
@@ -328,3 +330,54 @@ def test_a_weightings_term_list_wins_over_a_pattern_that_merely_matches():
     (result,) = make_trainer().validate(model, data(n=8, batch_size=8))
     assert "val/m" in result  # a metric, not a term handed to the weighting
     assert set(result) >= {"val/a", "val/b", "val/h/c", "val/loss"}
+
+
+class Counting(LossDictModule):
+    """Values known from the step alone (a frozen-free zero keeps them exact)."""
+
+    def __init__(self) -> None:
+        super().__init__(optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward(self, batch: Any) -> Any:
+        return {"s": self.w * 0 + float(self.trainer.global_step)}
+
+
+def labelled_rows(logger: MemoryLogger) -> list[tuple[int, dict[str, float]]]:
+    return [(step, dict(row)) for step, row in logger.rows]
+
+
+def test_resuming_from_the_runs_final_checkpoint_writes_what_the_run_wrote_after_it(tmp_path):
+    """The process died right after the checkpoint of its last batch: the resumed fit has no
+    batch to run, and writes the epoch's row and the last window with that batch's labels."""
+    data = DataLoader(torch.zeros(7, 1), batch_size=1)
+
+    def run(logger: MemoryLogger, **fit: Any) -> None:
+        checkpoints = ModelCheckpoint(tmp_path, every_n_train_steps=7)
+        trainer = make_trainer(
+            logger, max_epochs=1, log_every_n_steps=3, callbacks=[checkpoints],
+            enable_checkpointing=True,
+        )  # fmt: skip
+        trainer.fit(Counting(), data, **fit)
+
+    whole, resumed = MemoryLogger(), MemoryLogger()
+    run(whole)
+    (last,) = tmp_path.glob("*step=7.ckpt")
+    run(resumed, ckpt_path=last)
+    after = [(step, row) for step, row in labelled_rows(whole) if step >= 6]
+    assert labelled_rows(resumed) == after
+    assert [step for step, _ in after] == [6, 6]  # the epoch's row, then the last window
+
+
+def test_a_stop_between_epochs_labels_the_last_window_with_the_epoch_that_ran(memory_logger):
+    class StopAtEpochStart(Callback):
+        def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+            if trainer.current_epoch == 1:
+                trainer.should_stop = True
+
+    trainer = make_trainer(
+        memory_logger, max_epochs=3, log_every_n_steps=2, callbacks=[StopAtEpochStart()]
+    )
+    trainer.fit(Counting(), DataLoader(torch.zeros(7, 1), batch_size=1))
+    (step, last), *_ = [(s, r) for s, r in memory_logger.rows[::-1] if "train/s" in r]
+    assert (step, last["epoch"]) == (6, 0)  # no batch of epoch 1 ran

@@ -34,7 +34,7 @@ def save(core: Any, checkpoint: dict[str, Any]) -> None:
     trainer = _lightning.trainer_or_none(module)
     checkpoint[CHECKPOINT_KEY] = {
         "skipped_steps": module.skipped_steps,
-        **core.recorder.log.state(trainer.current_epoch if trainer is not None else 0),
+        **_log_state(core),
         "classification": core.select.state(),
         **core.routing.state(trainer),
     }
@@ -61,3 +61,11 @@ def load(core: Any, checkpoint: Mapping[str, Any]) -> None:
     core.recorder.log.load_state(
         state, apply_now=_lightning.restores_after_setup(trainer), rank=trainer.global_rank
     )
+
+
+def _log_state(core: Any) -> dict[str, Any]:
+    """The logging state, with the running fit's labels (a save outside a fit has none)."""
+    fit = core.fit
+    if fit is None:
+        return core.recorder.log.state((0, 0), epoch_open=False)
+    return core.recorder.log.state(fit.labels_now(), epoch_open=not fit.epoch_just_ended)

@@ -175,12 +175,6 @@ class MeanAccumulator:
                 other.counts[key] = other.counts.get(key, 0.0) + fresh
         self._drained_counts = {(name,): weight for name, weight in now.items()}
 
-    def mark_drained(self) -> None:
-        """Count everything added so far as drained: a later drain passes on only what is new."""
-        if self.data is not None:
-            self.data[_DRAINED] = self.data[_SUMS]
-        self._drained_counts = {(name,): weight for name, weight in self._name_counts().items()}
-
     def _name_counts(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for names, weight in self.counts.items():

@@ -133,8 +133,12 @@ class Recorder:
         _lightning.publish_step_metrics(trainer, metrics, self.prog_bar, **kw)
         return reduced
 
-    def end_train_epoch(self, module: pl.LightningModule) -> Reduced:
-        """The epoch's training means, as ``train/<name>_epoch`` in Lightning's epoch-end row."""
+    def end_train_epoch(
+        self, module: pl.LightningModule, labels: tuple[int, int] | None = None
+    ) -> Reduced:
+        """The epoch's training means, as ``train/<name>_epoch`` in Lightning's epoch-end row;
+        ``labels`` (step, epoch): an epoch whose end Lightning does not run (a fit resumed from
+        a checkpoint of its last batch), written as its own row with those labels."""
         trainer = module.trainer
         reduced = self.log.end_train_epoch(module.device)
         train = {n: v for n, v in reduced.means.items() if n.startswith("train/")}
@@ -143,6 +147,9 @@ class Recorder:
         # holds the epoch mean for monitors (which run after this hook), not the last window.
         trainer.callback_metrics.update(_lightning.as_tensors(train))
         self.summaries.define(trainer, epoch_means, self.log.kind_of)
+        if labels is not None:
+            _lightning.publish_step_metrics(trainer, epoch_means, labels=labels)
+            return reduced
         # self.log (not a direct logger write) so that these land in Lightning's own epoch-end
         # row and callbacks can monitor them. The values are already means over all ranks, the
         # same on every rank: sync_dist=True says they are synchronised (Lightning advises it at

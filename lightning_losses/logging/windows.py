@@ -72,9 +72,11 @@ class Session:
         self.window_open = False
         #: Plans with staged rows not yet added to the window (see LossLog.flush).
         self.staged: list[StepPlan] = []
-        #: The training epoch the epoch accumulator belongs to, when it was restored from a
-        #: checkpoint (see LossLog.enter_epoch); None otherwise.
-        self.restored_epoch: int | None = None
+        #: The (step, epoch) labels of the last batch before a checkpoint this session was
+        #: restored from (see LossLog.take_restored); None otherwise.
+        self.restored_labels: tuple[int, int] | None = None
+        #: Whether that checkpoint was saved before its epoch's end was logged.
+        self.restored_epoch_open = False
 
 
 class LossLog:
@@ -290,16 +292,14 @@ class LossLog:
         self.flush()
         return self.session.window.compute(device)
 
-    def enter_epoch(self, epoch: int) -> None:
-        """The fit's first training batch runs in ``epoch``. A restored epoch accumulator of
-        another epoch (a checkpoint saved on an epoch's last batch, whose epoch end the resumed
-        run does not repeat) is dropped, and the restored window's steps, which that epoch
-        counted, are marked as counted: they are still written with their window."""
+    def take_restored(self) -> tuple[tuple[int, int] | None, bool]:
+        """The labels ``(step, epoch)`` of the last batch before the checkpoint this fit resumed
+        from (None for a fit that did not resume), and whether its epoch's end was still to be
+        logged; once. A resumed run whose first batch runs in another epoch ends that one
+        first (see ``FitSession.close_restored_epoch``)."""
         session = self.session
-        restored, session.restored_epoch = session.restored_epoch, None
-        if restored is not None and restored != epoch:
-            session.epoch.reset()
-            session.window.mark_drained()
+        labels, session.restored_labels = session.restored_labels, None
+        return labels, session.restored_epoch_open
 
     def end_train_epoch(self, device: torch.device) -> Reduced:
         self.flush()
@@ -326,16 +326,17 @@ class LossLog:
 
     # ---------------------------------------------------------------- checkpoints
 
-    def state(self, epoch: int) -> dict[str, Any]:
-        """The partly filled window and epoch of the running fit (training ``epoch``), as
-        plain data."""
+    def state(self, labels: tuple[int, int], epoch_open: bool) -> dict[str, Any]:
+        """The partly filled window and epoch of the running fit, as plain data, with the
+        ``(step, epoch)`` labels of its last batch and whether its epoch's end is to come."""
         self.flush()
         session = self.session
         return {
             "registry": session.registry.state(),
             "window": session.window.state(),
             "epoch": session.epoch.state(),
-            "epoch_index": epoch,
+            "labels": list(labels),
+            "epoch_open": epoch_open,
             "window_open": session.window_open,
         }
 
@@ -367,8 +368,9 @@ class LossLog:
             session.epoch.load_state(state["epoch"], device)
         # on every rank alike, so that all of them join (or skip) the final write together
         session.window_open = bool(state.get("window_open", True))
-        epoch = state.get("epoch_index")
-        session.restored_epoch = epoch if isinstance(epoch, int) else None
+        labels = state.get("labels")  # (a checkpoint of 0.3 or earlier has none)
+        session.restored_labels = (int(labels[0]), int(labels[1])) if labels else None
+        session.restored_epoch_open = bool(state.get("epoch_open", False))
         session.train_names.update(
             name.split("/", 1)[1]
             for name, kind in session.registry.kind_of.items()

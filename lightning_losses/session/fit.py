@@ -49,6 +49,11 @@ class FitSession:
         #: What ``total_loss`` gave Lightning to backpropagate in this batch (see batch end).
         self.objective: Any = None
         self.first_step = True
+        #: Whether a training batch ran in this fit, and the epoch of the last one (read from
+        #: Lightning's epoch progress by attribute: ``trainer.current_epoch`` is a call).
+        self.ran = False
+        self.epochs = trainer.fit_loop.epoch_progress
+        self.batch_epoch = 0
         self.epoch_just_ended = False
         self.step_at_batch_start = 0
         self.choose_step()
@@ -142,10 +147,10 @@ class FitSession:
         self.epoch_just_ended = False
         self.objective = None
         added.STEP.set(added.Collected(module))  # add_loss / add_metric of this step
-        if self.first_step:
-            # a fit resumed from a checkpoint saved on an epoch's last batch starts the next
-            # epoch: the restored epoch's sums are not this one's
-            self.log.enter_epoch(self.trainer.current_epoch)
+        self.batch_epoch = self.epochs.current.completed
+        if not self.ran:
+            self.ran = True
+            self.close_restored_epoch()
         core = self.core
         if core.scalarizer:  # FAMO: did this batch step?
             self.step_at_batch_start = self.trainer.global_step
@@ -180,11 +185,29 @@ class FitSession:
         if drop.drop_pending:
             drop.drop_skipped_gradients()
 
-    def end_epoch(self) -> None:
+    def close_restored_epoch(self) -> tuple[int, int] | None:
+        """A fit resumed from a checkpoint: if it was saved on an epoch's last batch (or at a
+        validation or a stop after it), Lightning resumes in the next epoch and never runs that
+        epoch's end, which the uninterrupted run logged right after the checkpoint: it is
+        ended here, with its last batch's labels. Returns those labels (None: no resume)."""
+        labels, epoch_open = self.log.take_restored()
+        if labels is not None and epoch_open and labels[1] != self.epochs.current.completed:
+            self.end_epoch(labels)
+        return labels
+
+    def labels_now(self) -> tuple[int, int]:
+        """The ``(step, epoch)`` labels of the fit's latest batch, for a checkpoint saved now
+        (the step is counted after the batch's end, its validation and its checkpoint, but
+        before the epoch's end)."""
+        stepped = _lightning.batches_that_stepped(self.trainer)
+        return (stepped - 1 if self.epoch_just_ended else stepped), self.batch_epoch
+
+    def end_epoch(self, labels: tuple[int, int] | None = None) -> None:
         """The training epoch's means, before any callback's ``on_train_epoch_end`` reads
-        them (run by the first callback, see ``epoch_ends``)."""
+        them (run by the first callback, see ``epoch_ends``); with ``labels``, an epoch whose
+        end Lightning does not run (see :meth:`close_restored_epoch`)."""
         core = self.core
-        reduced = self.recorder.end_train_epoch(self.module)
+        reduced = self.recorder.end_train_epoch(self.module, labels)
         core.guards.raise_if_nonfinite(reduced, self.trainer.world_size)
         epoch_end = getattr(core.weighting, "epoch_end", None)
         if epoch_end is not None:
@@ -196,13 +219,15 @@ class FitSession:
         # Training stopped (max_epochs, max_steps, a callback's should_stop, a Timer): the steps
         # since the last write are still to be written.
         trainer = self.trainer
+        if self.ran:  # the last batch's step (Lightning counted it), in the epoch it ran in
+            labels = (_lightning.last_batch_labels(trainer)[0], self.batch_epoch)
+        else:  # resumed with nothing left to run: the checkpoint's last batch
+            restored = self.close_restored_epoch()
+            labels = restored if restored is not None else _lightning.last_batch_labels(trainer)
         if self.log.window_open:
             # after an epoch's end the monitors keep its means; a run stopped mid-epoch has
             # none, and the last window is what it has
-            self.write_window(
-                to_callbacks=not self.epoch_just_ended,
-                labels=_lightning.last_batch_labels(trainer),
-            )
+            self.write_window(to_callbacks=not self.epoch_just_ended, labels=labels)
         self.recorder.write_kinds(trainer)
 
     def after_optimizer_step(self, weighting: Any, batch: Any) -> None:
