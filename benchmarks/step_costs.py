@@ -20,6 +20,7 @@ ops with routes, and C calls flat in the number of terms. ``--time`` adds the st
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import warnings
 from collections.abc import Callable
@@ -79,12 +80,17 @@ class _Count(Callback):
 
     def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, idx: int) -> None:
         if idx == FIRST:
+            # the collector would run whatever earlier code left behind (and gc.callbacks)
+            # inside the counted steps: counted are the steps' own calls
+            gc.collect()
+            gc.disable()
             if self.what == "ops":
                 self.mode = _OpCounter()
                 self.mode.__enter__()
             else:
                 sys.setprofile(self._profile)
         elif idx == LAST:
+            gc.enable()
             if self.what == "ops":
                 assert self.mode is not None
                 self.mode.__exit__(None, None, None)

@@ -267,10 +267,14 @@ def damage_counts(entry: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("damage", [damage_window, damage_kinds, damage_counts])
 def test_a_damaged_checkpoint_entry_is_a_value_error_naming_it(tmp_path: Any, damage: Any) -> None:
-    trainer = make_trainer(max_steps=2, log_every_n_steps=50, default_root_dir=tmp_path)
-    trainer.fit(Tiny(acc=True), data(4))  # stopped mid-epoch: the window holds two steps
-    path = tmp_path / "mid.ckpt"
-    trainer.save_checkpoint(path)
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    saver = ModelCheckpoint(tmp_path, every_n_train_steps=2)  # mid-fit: the window holds 2 steps
+    trainer = make_trainer(
+        max_steps=3, log_every_n_steps=50, callbacks=[saver], enable_checkpointing=True
+    )
+    trainer.fit(Tiny(acc=True), data(4))
+    (path,) = tmp_path.glob("*step=2.ckpt")
     checkpoint = torch.load(path, weights_only=True)
     message = damage(checkpoint["lightning_losses"])
     torch.save(checkpoint, path)

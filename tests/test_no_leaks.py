@@ -381,3 +381,21 @@ def test_a_stop_between_epochs_labels_the_last_window_with_the_epoch_that_ran(me
     trainer.fit(Counting(), DataLoader(torch.zeros(7, 1), batch_size=1))
     (step, last), *_ = [(s, r) for s, r in memory_logger.rows[::-1] if "train/s" in r]
     assert (step, last["epoch"]) == (6, 0)  # no batch of epoch 1 ran
+
+
+def test_callbacks_see_the_sanity_checks_values_as_with_self_log():
+    seen: list[dict[str, float]] = []
+
+    class Reader(Callback):
+        def on_validation_epoch_end(self, trainer: Any, module: Any) -> None:
+            if trainer.sanity_checking:
+                seen.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    untrained = Scripted(lambda step, a, b: {}).eval()  # the same weights, before any step
+    (x,) = next(iter(data(n=4, batch_size=4)))
+    with torch.no_grad():
+        out = untrained((x,))
+    trainer = make_trainer(max_steps=1, num_sanity_val_steps=1, callbacks=[Reader()])
+    trainer.fit(Scripted(lambda step, a, b: {"a": a, "b": b}), data(), data(n=4, batch_size=4))
+    expected = {"val/a": out["a"], "val/b": out["b"], "val/loss": out["a"] + out["b"]}
+    assert seen == [pytest.approx({k: float(v) for k, v in expected.items()}, rel=1e-6)]

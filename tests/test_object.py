@@ -76,7 +76,9 @@ def test_a_fitted_module_holds_no_trainer_and_no_optimizer(cls, tmp_path):
     trainer.fit(module, multitask_data(), multitask_data(n=16))
     trainer.validate(module, multitask_data(n=16), verbose=False)
     assert reached_runs(module) == []
-    assert len(pickle.dumps(module)) < 2 * before
+    # no staging rows, windows or plans of the last call either: the names training
+    # classified are all that is added (7.0 KB -> 7.8 KB here; 191 KB before 0.4)
+    assert len(pickle.dumps(module)) < before + 1500
     twin = copy.deepcopy(module)
     assert reached_runs(twin) == []
     # and the copy is a module that fits on its own

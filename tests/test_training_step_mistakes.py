@@ -110,3 +110,80 @@ def test_a_misspelt_progress_bar_name_is_said_after_the_first_epoch():
         "prog_bar entry 'sge' matched no value logged during the first training epoch "
         "(train/sge was never logged); check its spelling (did you mean 'seg'?)"
     ]
+
+
+def test_total_loss_twice_in_one_training_step_is_an_error_with_the_fix():
+    class TwoViews(MultiTask):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            x, y_seg, y_depth = batch
+            first = self.total_loss(self(batch))
+            return first + self.total_loss(self((2 * x, y_seg, y_depth)))
+
+    with pytest.raises(RuntimeError, match=r"twice in one step.*'view1'"):
+        make_trainer(max_steps=2).fit(TwoViews(), multitask_data())
+
+
+def test_two_views_as_one_mapping_log_each_view():
+    class TwoViews(MultiTask):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            x, y_seg, y_depth = batch
+            return self.total_loss({"view1": self(batch), "view2": self((2 * x, y_seg, y_depth))})
+
+    trainer = make_trainer(max_steps=2, log_every_n_steps=1)
+    trainer.fit(TwoViews(), multitask_data())
+    assert {"train/view1/seg", "train/view2/depth", "train/loss"} <= set(trainer.callback_metrics)
+
+
+def test_a_weighting_with_parameters_assigned_during_a_fit_is_refused():
+    from lightning_losses.weighting import UncertaintyWeighting
+
+    class Late(MultiTask):
+        def on_train_epoch_start(self) -> None:
+            if self.current_epoch == 1:
+                self.weighting = UncertaintyWeighting(["seg", "depth"])
+
+    with pytest.raises(RuntimeError, match=r"assigned during a fit.*before trainer\.fit"):
+        make_trainer(max_epochs=2).fit(Late(), multitask_data())
+
+
+def test_a_misspelt_route_beside_a_loss_route_is_said_at_the_first_step():
+    class Misspelt(MultiTask):
+        def configure_optimizers(self) -> Any:
+            return {
+                "segg": torch.optim.SGD(self.seg.parameters(), lr=0.1),
+                "loss": torch.optim.SGD([*self.trunk.parameters(), *self.depth.parameters()]),
+            }
+
+    batches = Batches()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(max_steps=1, callbacks=[batches]).fit(Misspelt(), multitask_data())
+    said = [str(w.message) for w in caught if "route name 'segg'" in str(w.message)]
+    assert len(said) == 1 and "did you mean 'seg'?" in said[0]
+
+
+def test_routes_that_cannot_be_read_before_fit_are_named_in_the_warning():
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    class OneCycle(MultiTask):
+        def forward(self, batch: Any) -> Any:
+            out = super().forward(batch)
+            return {**out, "acc": out["seg"].detach()}
+
+        def configure_optimizers(self) -> Any:
+            seg = torch.optim.SGD(self.seg.parameters(), lr=0.1)
+            total = self.trainer.estimated_stepping_batches  # fails outside a fit
+            schedule = torch.optim.lr_scheduler.OneCycleLR(seg, 0.1, total_steps=total)
+            rest = [*self.trunk.parameters(), *self.depth.parameters()]
+            return {
+                "seg": {"optimizer": seg, "lr_scheduler": schedule},
+                "depth": torch.optim.SGD(rest, lr=0.1),
+            }
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer().validate(OneCycle(), multitask_data(n=16), verbose=False)
+    said = [str(w.message) for w in caught if "no training step has told" in str(w.message)]
+    assert len(said) == 1
+    assert "could not run outside a fit" in said[0]
+    assert MisconfigurationException.__name__ in said[0]

@@ -45,6 +45,8 @@ class Evaluation:
         self.eval_losses = eval_losses
         self.metrics = metrics
         self._warned_untrained: set[str] = set()
+        #: Why route names could not be read before training (see Core.peek_routes), or None.
+        self.routes_unread: str | None = None
 
     def step(self, output: Any, stage: str, batch: Any, loader: int, trainer: Any) -> StepOutput:
         parsed = parse_output(output, self.select, stage)
@@ -65,7 +67,10 @@ class Evaluation:
             # configuration calls a term, beside other values, in a validate()/test() before
             # training (the sanity check's values are never written)
             warn_untrained_eval(
-                stage, [n for n in parsed.terms if select.guessed(n)], self._warned_untrained
+                stage,
+                [n for n in parsed.terms if select.guessed(n)],
+                self._warned_untrained,
+                self.routes_unread,
             )
         plan = self.recorder.plan(stage, parsed, loader, self.total.weighting is not None, trainer)
         step = trainer.global_step if trainer is not None else 0
@@ -129,10 +134,6 @@ class Evaluation:
         module = self.module
         trainer = module.trainer
         per_loader = self.recorder.end_eval(stage, module.device)
-        if trainer.sanity_checking:
-            if self.metrics is not None:
-                self.metrics.discard(stage)
-            return  # Lightning writes nothing of the sanity check either
         if self.metrics is not None:
             for loader, values in self.metrics.compute(stage).items():
                 while len(per_loader) <= loader:
@@ -145,6 +146,11 @@ class Evaluation:
                         "MetricCollection)"
                     )
                 per_loader[loader].update(values)
+        if trainer.sanity_checking:
+            # callbacks see the sanity check's values, as with self.log; Lightning writes none
+            # of them and clears them after it (so they define no logger summary either)
+            _lightning.publish_eval_metrics(trainer, per_loader)
+            return
         self.recorder.publish_eval(trainer, per_loader)
 
 

@@ -216,16 +216,25 @@ def skipped_steps_metric(count: int) -> dict[str, float]:
     return {f"train/{SKIPPED_STEPS}": float(count)}
 
 
-def warn_untrained_eval(stage: str, names: Iterable[str], warned: set[str]) -> None:
+def warn_untrained_eval(
+    stage: str, names: Iterable[str], warned: set[str], routes_unread: str | None = None
+) -> None:
+    """``routes_unread``: why ``configure_optimizers`` could not be read for route names."""
     names = [name for name in names if name not in warned]
     if not names:
         return
     warned.update(names)
+    unread = (
+        f" (the route names of configure_optimizers would decide, but it could not run "
+        f"outside a fit: {routes_unread})"
+        if routes_unread
+        else ""
+    )
     _warnings.warn(
         f"{stage}: no training step has told loss terms from metrics yet (it goes by which "
         f"values carry a gradient) and nothing in the configuration names these values, so "
-        f"they count as terms of {stage}/loss: {', '.join(map(repr, names))}. Pass loss_keys= "
-        "to decide, or load a checkpoint of a trained model."
+        f"they count as terms of {stage}/loss: {', '.join(map(repr, names))}{unread}. Pass "
+        "loss_keys= to decide, or load a checkpoint of a trained model."
     )
 
 

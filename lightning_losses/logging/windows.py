@@ -99,6 +99,11 @@ class LossLog:
         if restored is not None and kind == "fit":
             self._apply(restored)
 
+    def end(self) -> None:
+        """A call ended: its windows, plans and staging rows go with it (what it logged was
+        written; a module keeps no run)."""
+        self.session = Session()
+
     def begin_eval(self, stage: str, loaders: int) -> None:
         """One evaluation run (a validation epoch, a ``validate``/``test`` call) starts."""
         session = self.session

@@ -98,6 +98,9 @@ class Router:
         self.matched: set[Route] = set()
         self._noted: BoundedCache[tuple[str, ...], bool] = BoundedCache()  # checked key sets
         self._unrouted_warned: set[str] = set()
+        #: Every term of the key sets noted so far, and the route names said to be misspelt.
+        self._seen: set[str] = set()
+        self._misspelt_warned: set[str] = set()
 
     def members(self, route: Route, terms: tuple[str, ...]) -> list[int]:
         """Positions of ``route``'s terms among this step's ``terms``."""
@@ -213,6 +216,31 @@ class Router:
                     f"or a 'loss' route{self._suggest(term, terms)}",
                     ("configure_routes", "configure_optimizers"),
                 )
+        self._seen.update(terms)
+        self._warn_misspelt(terms)
+
+    def _warn_misspelt(self, terms: tuple[str, ...]) -> None:
+        """A route name that matches no term seen yet but is close to a term of this step that
+        the ``"loss"`` route takes instead (``{"segg": ..., "loss": ...}`` beside ``seg``): said
+        at the first step, once per name (without a ``"loss"`` route the term's own warning
+        says it)."""
+        total = next((r for r in self.routes if r == (TOTAL,)), None)
+        if total is None:
+            return
+        taken = [t for t in terms if self.owner(t) == total]
+        for route in self.routes:
+            for name in route:
+                if name == TOTAL or name in self._seen or name in self._misspelt_warned:
+                    continue
+                meant = closest(name, taken)
+                if meant is not None:
+                    self._misspelt_warned.add(name)
+                    _warnings.warn(
+                        f"optimizer route name {name!r} matches no loss term of this step; did "
+                        f"you mean {meant!r}? Until it is renamed, {meant!r} is trained by the "
+                        f"'loss' route with the total (routes {self.route_names()})",
+                        ("configure_routes", "configure_optimizers"),
+                    )
 
     def _suggest(self, term: str, terms: tuple[str, ...]) -> str:
         """``term``, in no route, may be what a route's name that matches no term of this step

@@ -36,7 +36,7 @@ from lightning_losses.gradients.shared import SharedParameters
 from lightning_losses.logging.recorder import Recorder
 from lightning_losses.routing import config as routing_config
 from lightning_losses.routing.session import RoutingSession, is_routed, translate
-from lightning_losses.session import epoch_ends, hooks
+from lightning_losses.session import epoch_ends, guards, hooks
 from lightning_losses.session.fit import FitSession
 from lightning_losses.session.guards import Guards
 from lightning_losses.session.steps import StepOutput, fast_step, joint_step
@@ -152,6 +152,8 @@ class Core:
             fit = self.fit
             if fit is None:  # outside a fit: recorded, never written
                 return joint_step(None, self, output).returned()
+            if fit.objective is not None and not fit.sequential:
+                guards.raise_called_twice(self.module)  # (a sequential batch calls it per pass)
             step = None
             fast = fit.fast
             if fast is not None and type(output) is dict:
@@ -248,11 +250,13 @@ class Core:
         optimizers built are dropped; one that cannot be built outside a fit (a scheduler that
         reads ``trainer.estimated_stepping_batches``) leaves the routes unread."""
         module = self.module
+        self.evaluation.routes_unread = None
         try:
             config = module.configure_routes()
             if config is None and hasattr(type(module).configure_optimizers, "__wrapped__"):
                 config = type(module).configure_optimizers.__wrapped__(module)
-        except Exception:  # (a configure_optimizers meant for fit only: nothing to read)
+        except Exception as error:  # (a configure_optimizers meant for fit only)
+            self.evaluation.routes_unread = f"{type(error).__name__}: {error}"
             return
         if routing_config.is_route_map(config):
             self._name_route_terms(config)
@@ -317,6 +321,7 @@ class Core:
         self.fit = None
         self._bind_parts()
         self.routing.end_fit()
+        self.recorder.log.end()
 
     def on_validation_start(self) -> None:
         trainer = self.module.trainer

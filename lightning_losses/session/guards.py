@@ -157,3 +157,16 @@ def raise_not_returned(module: nn.Module) -> None:
         "had); expected `return self.total_loss(...)`. To skip a batch, return None without "
         "calling total_loss, or let forward return None"
     )
+
+
+def raise_called_twice(module: nn.Module) -> None:
+    """A second ``total_loss`` in one training step: each call would be logged as a step of
+    its own (two rows, epoch means counting the batch twice), and neither is what the step
+    returns if it adds them."""
+    raise RuntimeError(
+        f"{type(module).__name__}.training_step called self.total_loss(...) twice in one step; "
+        "each call is logged as a step of its own, so the batch would count twice; expected one "
+        "call on everything the step computed, e.g. two views as one mapping: "
+        "self.total_loss({'view1': self(batch1), 'view2': self(batch2)}) (nested names are "
+        "joined with '/'), or add_loss() from inside the model"
+    )

@@ -72,6 +72,14 @@ def set_weighting(core: Any, weighting: Any) -> Any:
     """``module.weighting = ...`` (see hooks.guard_assignment): takes effect from the next
     step; returns what the module registers (a torchjd scalarizer, wrapped)."""
     weighting = check_arguments(None, weighting, core.aggregator, None, None, None)
+    learns = weighting is not None and any(p.requires_grad for p in weighting.parameters())
+    if core.fit is not None and learns:
+        raise RuntimeError(
+            f"weighting={type(weighting).__name__}(...) assigned during a fit: its parameters "
+            "are in none of the optimizers configure_optimizers built when the fit started, so "
+            "it would weigh the terms without learning; expected it set before trainer.fit "
+            "(or in the constructor)"
+        )
     core.total.weighting = weighting
     core.scalarizer = isinstance(weighting, ScalarizerWeighting)
     core.name_weighting_terms(weighting)

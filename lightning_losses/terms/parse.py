@@ -358,7 +358,8 @@ def no_terms_message(parsed: ParsedOutput, select: KeySelector, selection: str) 
         f"an entry selected by loss_keys={selection}"
         if select.explicit
         else "a 0-dim floating tensor that carries a gradient; 0-dim values without one are "
-        "logged as metrics, and a one-element loss of shape (1,) needs .squeeze()"
+        "logged as metrics (are the parameters they come from frozen, or was forward run "
+        "under no_grad?), and a one-element loss of shape (1,) needs .squeeze()"
     )
     return (
         f"forward returned no loss term in training (found {found}); expected at least one "
