@@ -181,9 +181,9 @@ class FitSession:
                 self.after_optimizer_step(weighting, batch)  # an optimizer step ran
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
-        drop = self.core.guards
-        if drop.drop_pending:
-            drop.drop_skipped_gradients()
+        skipping = self.core.guards  # a step nonfinite="skip" skipped keeps no gradient
+        if skipping.drop_pending:
+            skipping.drop_skipped_gradients()
 
     def close_restored_epoch(self) -> tuple[int, int] | None:
         """A fit resumed from a checkpoint: if it was saved on an epoch's last batch (or at a
