@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,7 @@ class Recorder(Callback):
             "logged": logger.rows if isinstance(logger, MemoryLogger) else [],
             "collectives": self.counts,
             "skipped_steps": getattr(pl_module, "skipped_steps", 0),
+            "warnings": [str(w.message) for w in getattr(self, "caught", [])],
         }
         extra = getattr(pl_module, "ddp_record", None)
         if callable(extra):
@@ -280,6 +282,27 @@ class WeighedHeads(LossDictModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class OneRankTerm(LossDictModule):
+    """Term "t1" on rank 1 only, weighted and routed by name: the name matched a term (on
+    rank 1), so no rank may call it misspelt."""
+
+    def __init__(self) -> None:
+        super().__init__(loss_weights={"t1": 0.5})
+        self.net = two_heads()
+
+    def forward(self, batch: Any) -> Any:
+        out = two_head_losses(self.net, batch)
+        return out if self.global_rank == 1 else {"t0": out["t0"]}
+
+    def configure_optimizers(self):
+        trunk, head0, head1 = self.net
+        return {
+            "t0": torch.optim.SGD(head0.parameters(), lr=0.1),
+            "t1": torch.optim.SGD(head1.parameters(), lr=0.1),
+            "loss": torch.optim.SGD(trunk.parameters(), lr=0.1),
+        }
 
 
 class LabelLessFirst(LossDictModule):
@@ -462,6 +485,8 @@ def scenario(name: str) -> tuple[L.LightningModule, dict[str, Any], dict[str, An
             dict(train_dataloaders=regression_data()),
             dict(max_steps=4, log_every_n_steps=2),
         )
+    if name == "one_rank_term":
+        return OneRankTerm(), dict(train_dataloaders=regression_data()), dict(max_epochs=1)
     if name == "label_less_first":
         data = dict(train_dataloaders=regression_data())
         return LabelLessFirst(), data, dict(max_steps=4, log_every_n_steps=2)
@@ -507,7 +532,10 @@ def fit(name: str, out: Path, strategy_name: str) -> None:
         **trainer_kwargs,
     )
     try:
-        trainer.fit(module, **fit_kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.callbacks[-1].caught = caught  # type: ignore[union-attr]  # the Recorder
+            trainer.fit(module, **fit_kwargs)
     except Exception as error:  # recorded by Recorder.on_exception; the test reads the files
         print(f"rank {os.environ.get('LOCAL_RANK', '?')}: {type(error).__name__}: {error}")
 

@@ -109,6 +109,9 @@ class Heads(LossDictModule):
 
     def forward(self, batch: Any) -> Any:
         x, y = batch
+        where = (self.global_rank, self.trainer.global_step)
+        if self.training and getattr(self, "early", False) and where == getattr(self, "none_at", 0):
+            return None  # before any block runs: the blocks' zeros must pair up
         h = self.net[0](x).tanh()
         out = {"t0": F.mse_loss(self.net[1](h).squeeze(-1), y)}
         second = F.l1_loss(self.net[2](h).squeeze(-1), y)
@@ -166,13 +169,14 @@ class Heads(LossDictModule):
 def module_for(scenario: str) -> Heads:
     """``BASE`` or ``BASE+optional`` / ``BASE+late`` / ``BASE+none``: the base scenario with
     ``t1`` absent on rank 0 (on both ranks) at steps 0 and 1, or with rank 1's forward returning
-    ``None`` at step 1."""
+    ``None`` at step 1 (``+early``: before running any block)."""
     base, *options = scenario.split("+")
     module = _base_module(base)
     module.optional = module.optional or "optional" in options
     module.late = "late" in options
     if "none" in options or base == "none":  # nothing to learn on rank 1 at step 1
         module.none_at = (1, 1)
+    module.early = "early" in options  # None before any block runs
     return module
 
 

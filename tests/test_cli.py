@@ -89,3 +89,24 @@ def test_short_listing_keeps_ours_and_the_users_classes_first():
         "lightning_losses.weighting.GradNorm, mypkg.Net and 2 more (2 in torch)"
     )
     assert shorten_listing(paths[:2], 1) == "torch.nn.Linear and 1 more (1 in torch)"
+
+
+def test_a_top_level_optimizer_in_the_config_is_what_trains(tmp_path):
+    """LightningCLI's own `optimizer:` (beside `model:`) replaces configure_optimizers on the
+    instance; the module trains with it."""
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(EXAMPLES / "configs" / "multitask.yaml"),
+            "--trainer.max_steps=2",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--optimizer=torch.optim.SGD",
+            "--optimizer.lr=0.05",
+        ]
+    )
+    optimizer = cli.trainer.optimizers[0]
+    assert type(optimizer) is torch.optim.SGD and optimizer.defaults["lr"] == 0.05
+    assert cli.trainer.global_step == 2

@@ -32,7 +32,7 @@ pytestmark.append(pytest.mark.timeout(TIMEOUT * 3 + 60))  # the first test runs 
 #: fits. Where at most a few tests of this file are selected (``-k``), each runs its own job.
 BATCHED = (
     "means", "loaders", "add_loss", "none_rank1", "nan_raise", "nan_skip", "routes",
-    "label_less_first",
+    "label_less_first", "one_rank_term",
     "diagnostics", "uw", "aggregator", "count_ours", "count_plain", "detector", "gan", "famo",
     "imtll",
 )  # fmt: skip
@@ -333,6 +333,14 @@ def test_a_term_grad_less_on_one_ranks_first_batch_trains_on_every_later_step(tm
         assert window[f"train/{name}"] == pytest.approx(
             statistics.fmean(p[name] for p in pairs), rel=1e-6
         )
+
+
+def test_a_name_that_matched_a_term_on_another_rank_only_is_not_called_misspelt(tmp_path):
+    ranks = run_job("one_rank_term", tmp_path)
+    assert [r["exception"] for r in ranks] == [None, None]
+    said = [w for r in ranks for w in r["warnings"] if "check its spelling" in w]
+    assert said == []
+    assert "train/t1" in ranks[0]["callback_metrics"]  # t1 was a term, pooled from rank 1
 
 
 def test_gradient_diagnostics_under_ddp_are_rank_means_and_leave_training_unchanged(tmp_path):

@@ -43,7 +43,9 @@ RECIPES = ["fsdp2-blocks", "fsdp2-kept"]
 #: and Adam), the trunk on the total (SGD with momentum); one backward of the total suffices.
 #: "joint" routes overlap (t1 reaches the trunk, which is t0's): a backward per route.
 ROUTED = ["three", "three+optional", "three+none", "joint+optional", "joint+none"]
-BLOCKS = ["one", "optional", "none", "uw", "joint", "frequency", "sequential", *ROUTED]
+#: ``+early``: rank 1's forward returns None before running any block.
+EARLY = ["none+early", "three+none+early", "joint+none+early"]
+BLOCKS = ["one", "optional", "none", "uw", "joint", "frequency", "sequential", *ROUTED, *EARLY]
 #: Gradient diagnostics (a backward per term before the step's) with a term absent on a rank,
 #: or None from one, where FSDP2 allows them (the root, or blocks kept unsharded).
 DIAGNOSED = ["diagnostics+optional", "diagnostics+none"]
@@ -58,7 +60,7 @@ def runs(tmp_path_factory) -> dict[str, list[dict]]:
     """``"<scenario>-<strategy>"`` -> the two ranks' records."""
     out = tmp_path_factory.mktemp("fsdp")
     jobs = [f"{s}:{strategy}" for s in SCENARIOS for strategy in ("ddp", "fsdp2")]
-    jobs += [f"{s}:ddp" for s in ROUTED]
+    jobs += [f"{s}:ddp" for s in (*ROUTED, *EARLY)]
     jobs += [f"{s}:{recipe}" for s in BLOCKS for recipe in RECIPES]
     jobs += [f"{s}:{strategy}" for s in ("resume_three", "resume_turns") for strategy in RESUMED]
     jobs += [f"{s}:{strategy}" for s in DIAGNOSED for strategy in ("ddp", "fsdp2", "fsdp2-kept")]

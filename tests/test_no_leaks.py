@@ -399,3 +399,20 @@ def test_callbacks_see_the_sanity_checks_values_as_with_self_log():
     trainer.fit(Scripted(lambda step, a, b: {"a": a, "b": b}), data(), data(n=4, batch_size=4))
     expected = {"val/a": out["a"], "val/b": out["b"], "val/loss": out["a"] + out["b"]}
     assert seen == [pytest.approx({k: float(v) for k, v in expected.items()}, rel=1e-6)]
+
+
+def test_a_scheduler_and_a_monitor_on_train_loss_have_it_from_the_first_step(tmp_path):
+    class Plateau(Scripted):
+        def configure_optimizers(self) -> Any:
+            optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0)
+            schedule = {"scheduler": plateau, "monitor": "train/loss", "interval": "step"}
+            return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    best = ModelCheckpoint(tmp_path, monitor="train/loss", every_n_train_steps=1, save_top_k=1)
+    trainer = make_trainer(
+        max_steps=3, log_every_n_steps=50, callbacks=[best], enable_checkpointing=True
+    )  # no write before the run ends: the first step's values are what they read
+    trainer.fit(Plateau(lambda step, a, b: {"a": a, "b": b}), data())
+    assert best.best_model_path  # saved, scored on the first step's train/loss
+    assert type(trainer.callback_metrics["train/loss"]) is torch.Tensor

@@ -240,3 +240,22 @@ def test_a_module_wrapping_a_model_pickles_and_copies_like_one():
     module = LossDictModule(nn.Linear(3, 1))
     assert isinstance(copy.deepcopy(module).model, nn.Linear)
     assert isinstance(pickle.loads(pickle.dumps(module)).model, nn.Linear)
+
+
+def test_configure_optimizers_assigned_on_an_instance_is_used_as_lightning_cli_does():
+    from types import MethodType
+
+    module = MultiTask()
+    before = module.seg.weight.detach().clone()
+    # what LightningCLI does with a top-level `optimizer:` in its config
+    module.configure_optimizers = MethodType(
+        lambda self: torch.optim.SGD(self.parameters(), lr=0.5), module
+    )
+    trainer = make_trainer(max_steps=1)
+    trainer.fit(module, multitask_data())
+    assert trainer.optimizers[0].param_groups[0]["lr"] == 0.5
+    assert not torch.equal(module.seg.weight, before)
+    module.configure_optimizers = MethodType(routed, module)  # a route map, on the instance
+    trainer = make_trainer(max_steps=1)
+    trainer.fit(module, multitask_data())
+    assert type(trainer.optimizers[0]).__name__ == "RoutedOptimizer"

@@ -133,13 +133,21 @@ def _zero_method(module: nn.Module, blocks: Sequence[nn.Module]) -> Callable[...
 
         below = [b for b in blocks if b is not module and _contains(module, b)]
 
-        def zero(run: Sequence[nn.Module] = ()) -> Tensor | None:
+        def zero(run: Sequence[nn.Module] = (), carry: Tensor | None = None) -> Tensor | None:
+            # ``carry``: the zero of the blocks run before this one, its input as the previous
+            # block's output is a block's input in a forward. FSDP2 reduce-scatters a block when
+            # the gradient of its input is computed (or, for an input without one, at the end
+            # of the backward), so chaining the blocks in module order gives the reverse order
+            # the other ranks' backward takes: the ranks' reduce-scatters pair up.
             inner = {id(p) for b in below for p in b.parameters()}
             parts = [p.sum() for p in module.parameters() if p.requires_grad and id(p) not in inner]
+            if carry is not None:
+                parts.append(carry)
+            chained = None
             for block in run:
-                part = _zero_method(block, blocks)()
-                if part is not None:
-                    parts.append(part)
+                chained = _zero_method(block, blocks)(carry=chained)
+            if chained is not None:
+                parts.append(chained)
             return torch.stack(parts).sum() * 0.0 if parts else None
 
         object.__setattr__(module, _ZERO_METHOD, zero)

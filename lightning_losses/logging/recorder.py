@@ -194,15 +194,23 @@ class Recorder:
             if name.startswith("train/") and kind_of(name) == "term"
         }
 
-    def show_step(self, trainer: pl.Trainer, plan: StepPlan) -> None:
-        """The progress bar's values at a fit's first step, until the first write replaces
-        them with the window's means: floats read from the step's values (one host sync, and
-        only when a progress bar is attached)."""
+    def show_step(self, trainer: pl.Trainer, plan: StepPlan, device: torch.device) -> None:
+        """A fit's first step's values, until the first write replaces them with the window's
+        means: as tensors in ``callback_metrics`` (a copy on the device, no host sync), so that
+        a monitor or a scheduler stepping on ``train/loss`` has it from the first step as with
+        ``self.log(on_step=True)``; and as floats in the progress bar (one host sync, only when
+        a progress bar is attached)."""
+        values = plan.buffer(device).detach().clone()  # (later steps reuse the buffer)
+        trainer.callback_metrics.update(
+            (name, value)
+            for name, value in zip(plan.logged_names, values.unbind())
+            if name[:6] == "train/"  # (weights reach callbacks with the writes only)
+        )
         if not plan.bar_columns or trainer.progress_bar_callback is None:
             return
-        values = torch.stack(plan.buffer_bar_views).tolist()
+        shown = torch.stack(plan.buffer_bar_views).tolist()
         names = [name for name, _ in plan.bar_columns]
-        _lightning.progress_bar_values(trainer).update(zip(names, values))
+        _lightning.progress_bar_values(trainer).update(zip(names, shown))
 
     def show_route_losses(self, routes: Iterable[Iterable[str]]) -> None:
         """Alternating routes: the sum of a generator's and a discriminator's loss means nothing,

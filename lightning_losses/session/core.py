@@ -18,6 +18,7 @@ session, created at ``on_fit_start`` and dropped when the fit ends.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -217,12 +218,27 @@ class Core:
                 "__init__",
                 owner=self.module,
             )
+        # what every rank logged (the registry agreed on the names at the epoch's reduction):
+        # an entry that matched a term on another rank only is no misspelling
+        logged_terms = [
+            name[6:]
+            for name, kind in self.recorder.log.session.registry.kind_of.items()
+            if name[:6] == "train/" and kind in ("term", "total")
+        ]
+        matched = set(logged_terms)
+
+        def matched_elsewhere(entry: str) -> bool:
+            parts = entry.split("+")  # (a tuple route is named "g+adv")
+            return any(fnmatch.fnmatchcase(n, p) for p in parts for n in matched)
+
         for source, entries, hook, names in (
             ("loss_weights", self.weights.unmatched(), "__init__", seen),
             ("loss_keys", self.select.unmatched(), "__init__", ()),
             ("optimizer route", self.routing.unmatched(), routes, seen),
         ):
             for entry in entries:
+                if matched_elsewhere(entry):
+                    continue
                 _warnings.warn(
                     f"{source} entry {entry!r} matched no loss term during the first training "
                     f"epoch; check its spelling{did_you_mean(entry, names)}",

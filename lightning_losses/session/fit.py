@@ -102,7 +102,8 @@ class FitSession:
         core = self.core
         if self.first_step:
             self.first_step = False
-            self.recorder.show_step(self.trainer, plan)  # the bar, before the first write
+            # monitors and the bar have values before the first write
+            self.recorder.show_step(self.trainer, plan, combined.losses.device)
             if goal is not None and goal.requires_grad:
                 guards.warn_unreached(core.module, plan.terms, goal)
         if self.fast is not None:

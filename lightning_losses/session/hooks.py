@@ -168,6 +168,9 @@ class _OnInstance:
     def __init__(self, module: Any, name: str, user: Callable[..., Any]) -> None:
         self.module, self.name, self.user = module, name, user
         setattr(self, _WRAPPED, user)
+        # what Lightning's is_overridden reads (as for functools.wraps): the user's code, the
+        # innermost (LightningCLI assigns a method of a partial that wraps its own method)
+        self.__wrapped__ = inspect.unwrap(user)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         core = self.module._core
