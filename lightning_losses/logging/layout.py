@@ -163,7 +163,7 @@ class StepPlan:
                 self.row_views = list(self.rows.unbind())
                 prefix = len(self.logged_names) - len(self.logged_weights)
                 self.prefix_views = [row[:prefix] for row in self.row_views]
-                # the parts a step copies its values into (see fastpath.FastPlan.record)
+                # the parts a step copies its values into (see session/fast_plans.FastPlan.record)
                 k = self.total_position
                 self.head_views = [row[: k + 1] for row in self.row_views]
                 self.terms_views = [row[:k] for row in self.row_views]
